@@ -1,0 +1,120 @@
+"""The `metaselector` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import MetaSelectorError
+
+
+def _custom_options(fn):
+    fn = click.option("--data-file", type=click.Path(path_type=Path), default=None,
+                      help="Your own CSV or Parquet file (dataset 'custom').")(fn)
+    fn = click.option("--columns", "columns_file", type=click.Path(path_type=Path), default=None,
+                      help="TOML file describing the columns of --data-file (see README).")(fn)
+    return fn
+
+
+def _custom_spec(data_file: Path | None, columns_file: Path | None):
+    if data_file is None:
+        return None
+    from .config import read_custom_columns
+
+    return read_custom_columns(data_file, columns_file)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="metaselector")
+def cli() -> None:
+    """MetaSelector: per-user model selection for CTR prediction by meta-learning."""
+
+
+@cli.command()
+def datasets() -> None:
+    """List the datasets with their source, size and license."""
+    from .data.registry import DATASETS
+
+    for info in DATASETS.values():
+        click.echo(f"{info.name}\n  {info.description}\n  source:  {info.source}\n"
+                   f"  size:    {info.size}\n  license: {info.license}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Download into this folder instead of the cache.")
+@click.option("--mirror", default=None, help="Base URL of a mirror that serves the same file names.")
+def download(name: str, data_dir: Path | None, mirror: str | None) -> None:
+    """Download NAME, resume a partial download, verify its checksum, extract it."""
+    from .data.download import download_dataset
+    from .data.registry import dataset_info
+    from .io_utils import cache_home
+
+    info = dataset_info(name)
+    target = data_dir if data_dir is not None else cache_home() / "datasets" / name
+    download_dataset(info, Path(target), mirror=mirror, log=lambda m: click.echo(m, err=True))
+    click.echo(f"{name}: ready in {target}")
+
+
+@cli.command()
+@click.argument("name", default="ml-latest-small")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder with the publisher's files (archive or extracted folder).")
+@_custom_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--no-cache", is_flag=True, help="Re-encode even if a cached encoding exists.")
+def inspect(name: str, data_dir: Path | None, data_file: Path | None, columns_file: Path | None,
+            as_json: bool, no_cache: bool) -> None:
+    """Table 2 statistics of a dataset: users, items, samples, features."""
+    from .data.loading import load_dataset
+
+    data = load_dataset(name, data_dir, custom=_custom_spec(data_file, columns_file),
+                        use_cache=not no_cache, log=lambda m: click.echo(m, err=True))
+    stats = {"dataset": name, **data.statistics()}
+    if as_json:
+        click.echo(json.dumps(stats))
+        return
+    for key, value in stats.items():
+        click.echo(f"{key:>14}: {value:,}" if isinstance(value, int) else f"{key:>14}: {value}")
+    click.echo("fields:")
+    for f in data.layout.fields:
+        click.echo(f"  {f.name:<26} {f.kind:<12} vocabulary {f.size:>7,}  slots {f.slot_stop - f.slot_start}")
+
+
+@cli.command()
+@click.option("--like", type=click.Choice(["movielens-1m", "amazon-electronics"]), required=True)
+@click.option("--users", type=click.IntRange(min=10), default=None,
+              help="Number of users (default: the real dataset's).")
+@click.option("--seed", type=int, default=0)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+def synth(like: str, users: int | None, seed: int, out: Path) -> None:
+    """Write a synthetic dataset in the publisher's exact raw format."""
+    from .data.synth import write_synthetic
+
+    summary = write_synthetic(like, out, users=users, seed=seed)
+    click.echo(json.dumps(summary))
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except MetaSelectorError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Configuration: per-dataset presets (TOML), overrides, and the custom-data column map."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+
+import tomli_w
+
+from .data.sources import CustomSpec
+from .errors import ConfigError
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+
+
+def read_custom_columns(data_file: Path, columns_file: Path | None) -> CustomSpec:
+    """Column map for `custom` data: a TOML [columns] table, or the default names."""
+    spec = CustomSpec(path=data_file)
+    if columns_file is None:
+        return spec
+    table = _read_toml(columns_file).get("columns", {})
+    known = {f.name for f in fields(CustomSpec)} - {"path"}
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{columns_file}: [columns] key '{key}' unknown (expected one of {', '.join(sorted(known))})")
+    return replace(spec, **table)
+
+
+@dataclass
+class RunConfig:
+    """Everything a reproduce run depends on; written next to its results."""
+
+    dataset: str = "ml-latest-small"
+    seeds: int = 3
+    split: str = "random"  # or "temporal"
+    new_users: float = 0.0
+    device: str = "cpu"
+    threads: int = 0  # 0: torch's default
+    # Base models (paper 5.2): latent dimension, DeepFM MLP, dropout (0.1 = keep 0.9).
+    models: list[str] = field(default_factory=lambda: ["LR", "FM", "FFM", "DeepFM"])
+    embedding_dim: int = 10
+    deepfm_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
+    dropout: float = 0.1
+    # Pretraining (paper 5.3): FTRL for LR, Adam for the rest, batch 1000.
+    batch_size: int = 1000
+    pretrain_epochs: int = 30
+    patience: int = 2
+    validation_fraction: float = 0.1
+    adam_lr: float = 0.001
+    l2_embedding: float = 1e-6
+    ftrl_alpha: float = 0.05
+    ftrl_beta: float = 1.0
+    ftrl_l1: float = 0.0
+    ftrl_l2: float = 1e-4
+    # Which training data MetaSelector's base models are pretrained on: "support" keeps the
+    # query sets out-of-sample for the selector; "train" uses all training data.
+    meta_pretrain_on: str = "support"
+    # MetaSelector (paper 5.3).
+    selector_hidden: list[int] = field(default_factory=lambda: [200, 200, 200])
+    selector_uses_predictions: bool = False
+    users_per_episode: int = 10
+    inner_steps: int = 1
+    inner_lr: float = 0.001  # Meta-SGD alpha initial value
+    outer_lr: float = 0.0001  # beta = alpha / 10
+    selector_outer_lr: float = 0.001
+    meta_epochs: int = 30
+    meta_patience: int = 3
+    first_order: bool = False
+    meta_validation_users: float = 0.1
+    # Sample-level selector (paper 5.2).
+    sample_selector_hidden: list[int] = field(default_factory=lambda: [400, 400, 400])
+    sample_selector_epochs: int = 20
+    ablations: bool = True
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(asdict(self))
+
+
+def preset(dataset: str) -> RunConfig:
+    """The paper's hyperparameters for a dataset (presets/<dataset>.toml), else defaults."""
+    config = RunConfig(dataset=dataset)
+    resource = resources.files("metaselector") / "presets" / f"{dataset}.toml"
+    if resource.is_file():
+        config = apply_overrides(config, tomllib.loads(resource.read_text()), source=str(resource))
+    return config
+
+
+def apply_overrides(config: RunConfig, values: dict, source: str) -> RunConfig:
+    known = {f.name: f for f in fields(RunConfig)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{source}: unknown setting '{key}'")
+        default = getattr(config, key)
+        if isinstance(default, bool) != isinstance(value, bool) or (
+            isinstance(default, (int, float)) and not isinstance(value, (int, float))
+        ) or (isinstance(default, str) and not isinstance(value, str)) or (
+            isinstance(default, list) and not isinstance(value, list)
+        ):
+            raise ConfigError(f"{source}: setting '{key}' must be {type(default).__name__}, got {value!r}")
+    return replace(config, **values)
+
+
+def load_config(dataset: str, config_file: Path | None) -> RunConfig:
+    config = preset(dataset)
+    if config_file is not None:
+        config = apply_overrides(config, _read_toml(config_file), source=str(config_file))
+    return config

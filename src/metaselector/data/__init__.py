@@ -1,0 +1,1 @@
+"""Data stages: sources (raw files), features (encoding), splits (per-user parts)."""

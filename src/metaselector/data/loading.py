@@ -1,0 +1,168 @@
+"""From a dataset name (and optional folder) to an EncodedDataset, through the disk cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..io_utils import atomic_write, cache_home, sha256_of
+from .download import download_dataset
+from .features import FEATURE_SPECS, EncodedDataset, FeatureLayout, FeatureSpec, custom_feature_spec, encode
+from .registry import builtin_ml_latest_small, dataset_info
+from .sources import (
+    CustomSpec,
+    RawData,
+    load_amazon_electronics,
+    load_custom,
+    load_ml_latest_small,
+    load_movielens_1m,
+    load_movielens_100k,
+)
+
+CACHE_FORMAT = 1  # bump when the encoding changes, so stale caches are not reused
+
+_ARCHIVES = {"movielens-1m": ("ml-1m", "ml-1m.zip"), "movielens-100k": ("ml-100k", "ml-100k.zip")}
+
+
+def _extract_archive(archive: Path, name: str) -> Path:
+    """Extract a user's archive into the cache (their folder may be read-only)."""
+    digest = sha256_of(archive)[:16]
+    target = cache_home() / "extracted" / f"{name}-{digest}"
+    inner = target / _ARCHIVES[name][0]
+    if not inner.is_dir():
+        try:
+            with zipfile.ZipFile(archive) as zipped:
+                tmp = target.with_name(target.name + ".tmp")
+                zipped.extractall(tmp)
+                tmp.replace(target)
+        except zipfile.BadZipFile:
+            raise InputError(f"{archive}: not a valid zip archive") from None
+    return inner
+
+
+def locate(name: str, data_dir: Path | None, mirror: str | None = None,
+           log: Callable[[str], None] = print) -> Path:
+    """The folder that holds the dataset's raw files, downloading them if needed."""
+    info = dataset_info(name)
+    if name == "ml-latest-small":
+        return Path(data_dir) / "ml-latest-small" if data_dir and (Path(data_dir) / "ml-latest-small").is_dir() \
+            else (Path(data_dir) if data_dir else builtin_ml_latest_small())
+    if name in _ARCHIVES:
+        folder_name, archive_name = _ARCHIVES[name]
+        if data_dir is not None:
+            data_dir = Path(data_dir)
+            for candidate in (data_dir / folder_name, data_dir):
+                if all((candidate / Path(r).name).is_file() for r in info.required):
+                    return candidate
+            if (data_dir / archive_name).is_file():
+                return _extract_archive(data_dir / archive_name, name)
+            raise InputError(f"{data_dir}: expected {archive_name} or the folder {folder_name}/ "
+                             f"with {', '.join(Path(r).name for r in info.required)}")
+        home = cache_home() / "datasets" / name
+        if not all((home / r).is_file() for r in info.required):
+            log(f"downloading {name} into {home}")
+            download_dataset(info, home, mirror=mirror)
+        return home / folder_name
+    if name == "amazon-electronics":
+        if data_dir is not None:
+            return Path(data_dir)
+        home = cache_home() / "datasets" / name
+        if not all((home / r).is_file() for r in info.required):
+            log(f"downloading {name} into {home}")
+            download_dataset(info, home, mirror=mirror)
+        return home
+    raise InputError(f"dataset '{name}' needs --data-file (see README)")
+
+
+def verify_builtin(folder: Path) -> None:
+    from .registry import ML_LATEST_SMALL_SHA256
+
+    for filename in ("ratings.csv", "movies.csv"):
+        actual = sha256_of(folder / filename)
+        if actual != ML_LATEST_SMALL_SHA256[filename]:
+            raise InputError(f"{folder / filename}: sha256 {actual} does not match the shipped file's")
+
+
+def load_raw(name: str, folder: Path | None = None, custom: CustomSpec | None = None) -> RawData:
+    if name == "custom":
+        if custom is None:
+            raise InputError("dataset 'custom' needs --data-file PATH")
+        return load_custom(custom)
+    assert folder is not None
+    loaders = {
+        "ml-latest-small": load_ml_latest_small,
+        "movielens-1m": load_movielens_1m,
+        "movielens-100k": load_movielens_100k,
+        "amazon-electronics": load_amazon_electronics,
+    }
+    dataset_info(name)
+    return loaders[name](folder)
+
+
+def _files_of(name: str, folder: Path | None, custom: CustomSpec | None) -> list[Path]:
+    if name == "custom":
+        return [Path(custom.path)] if custom else []
+    info = dataset_info(name)
+    return [folder / Path(r).name for r in info.required]
+
+
+def load_dataset(
+    name: str,
+    data_dir: Path | None = None,
+    custom: CustomSpec | None = None,
+    spec: FeatureSpec | None = None,
+    use_cache: bool = True,
+    mirror: str | None = None,
+    log: Callable[[str], None] = print,
+) -> EncodedDataset:
+    """Parse and encode a dataset, reusing the cached encoding when inputs are unchanged."""
+    folder = None if name == "custom" else locate(name, data_dir, mirror, log)
+    if spec is None:
+        spec = (custom_feature_spec(custom.categorical, custom.multi_hot) if name == "custom" and custom
+                else FEATURE_SPECS.get(name))
+    if spec is None:
+        raise InputError(f"no feature preset for dataset '{name}'")
+    files = _files_of(name, folder, custom)
+    for path in files:
+        if not path.is_file():
+            raise InputError(f"{path}: file not found")
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{name}|{spec.key()}".encode())
+    for path in files:
+        digest.update(sha256_of(path).encode())
+    if custom is not None:
+        digest.update(repr(custom).encode())
+    cache_path = cache_home() / "processed" / f"{name}-{digest.hexdigest()[:20]}.npz"
+    if use_cache and cache_path.is_file():
+        try:
+            return _read_cache(cache_path)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            log(f"note: ignoring unreadable cache {cache_path}")
+    encoded = encode(load_raw(name, folder, custom), spec)
+    if use_cache:
+        _write_cache(cache_path, encoded)
+    return encoded
+
+
+def _write_cache(path: Path, data: EncodedDataset) -> None:
+    meta = json.dumps({"name": data.name, "layout": data.layout.to_dict(), "dropped": data.dropped})
+    with atomic_write(path) as handle:
+        np.savez(handle, ids=data.ids, weights=data.weights, labels=data.labels, users=data.users,
+                 items=data.items, timestamps=data.timestamps, user_names=data.user_names,
+                 meta=np.frombuffer(meta.encode(), dtype=np.uint8))
+
+
+def _read_cache(path: Path) -> EncodedDataset:
+    with np.load(path, allow_pickle=False) as stored:
+        meta = json.loads(stored["meta"].tobytes().decode())
+        return EncodedDataset(
+            name=meta["name"], layout=FeatureLayout.from_dict(meta["layout"]), ids=stored["ids"],
+            weights=stored["weights"], labels=stored["labels"], users=stored["users"],
+            items=stored["items"], timestamps=stored["timestamps"], user_names=stored["user_names"],
+            dropped=meta["dropped"],
+        )
