@@ -58,7 +58,7 @@ class RunConfig:
     validation_fraction: float = 0.1
     adam_lr: float = 0.001
     l2_embedding: float = 1e-6
-    ftrl_alpha: float = 0.05
+    ftrl_alpha: float = 8.0
     ftrl_beta: float = 1.0
     ftrl_l1: float = 0.0
     ftrl_l2: float = 1e-4

@@ -1,0 +1,1 @@
+"""Evaluation: the paper's metrics, per-user losses, tables, figures and the report."""

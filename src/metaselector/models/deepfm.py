@@ -1,0 +1,36 @@
+"""DeepFM (Guo et al. 2017): an FM and an MLP sharing one embedding table."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import BaseModel, Batch, fm_interaction, linear_term, register_model, weighted_rows
+
+
+def mlp(inputs: int, hidden: list[int], dropout: float, outputs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(inputs, width), nn.ReLU(), nn.Dropout(dropout)]
+        inputs = width
+    layers.append(nn.Linear(inputs, outputs))
+    return nn.Sequential(*layers)
+
+
+@register_model("DeepFM")
+class DeepFM(BaseModel):
+    table_names = ("linear", "embedding")
+
+    def __init__(self, layout, settings) -> None:
+        super().__init__(layout, settings)
+        k = settings.embedding_dim
+        self.linear = self.table(layout.num_features, (1,))
+        self.embedding = self.table(layout.num_features, (k,))
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.deep = mlp(layout.num_fields * k, settings.hidden, settings.dropout, 1)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        embedded = weighted_rows(self.embedding, batch)  # [N, S, k]
+        per_field = torch.einsum("nsk,sf->nfk", embedded, self.field_pool).flatten(1)
+        deep = self.deep(per_field).squeeze(-1)
+        return linear_term(self.linear, self.bias, batch) + fm_interaction(embedded) + deep

@@ -1,0 +1,1 @@
+"""Training: the FTRL-Proximal optimizer and supervised pretraining of base models."""
