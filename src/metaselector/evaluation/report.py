@@ -1,0 +1,136 @@
+"""results.json, report.md and Figure 3, aggregated over seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from ..io_utils import atomic_write, atomic_write_text
+from .metrics import relimpr
+
+ORACLES = ("Perfect Sample-level Selector", "Perfect User-level Selector")
+ROW_ORDER = ("LR", "FM", "FFM", "DeepFM", *ORACLES, "Sample-level Selector", "MetaSelector",
+             "MetaSelector-Simplified")
+
+
+def aggregate(seed_rows: list[dict[str, dict[str, float]]], singles: list[str]) -> dict[str, dict[str, float]]:
+    """Means and standard deviations over seeds; RelImpr against the best single model by AUC."""
+    names = [n for n in ROW_ORDER if n in seed_rows[0]] + [n for n in seed_rows[0] if n not in ROW_ORDER]
+    rows: dict[str, dict[str, float]] = {}
+    for name in names:
+        aucs = np.array([r[name]["auc"] for r in seed_rows])
+        losses = np.array([r[name]["logloss"] for r in seed_rows])
+        gaucs = np.array([r[name]["gauc"] for r in seed_rows])
+        rows[name] = {"auc": float(aucs.mean()), "logloss": float(losses.mean()), "gauc": float(np.nanmean(gaucs)),
+                      "auc_std": float(aucs.std(ddof=1)) if len(aucs) > 1 else 0.0,
+                      "logloss_std": float(losses.std(ddof=1)) if len(losses) > 1 else 0.0}
+    best = max((rows[n]["auc"] for n in singles if n in rows), default=0.5)
+    for values in rows.values():
+        values["relimpr"] = relimpr(values["auc"], best)
+    return rows
+
+
+def best_single(rows: dict, singles: list[str]) -> str:
+    return max((n for n in singles if n in rows), key=lambda n: rows[n]["auc"])
+
+
+def paired_test(method_losses: np.ndarray, baseline_losses: np.ndarray) -> dict[str, float]:
+    """Wilcoxon signed-rank test on per-user test LogLoss (same users, same order)."""
+    difference = method_losses - baseline_losses
+    statistic = stats.wilcoxon(method_losses, baseline_losses)
+    return {"users": int(len(difference)), "mean_difference": float(difference.mean()),
+            "users_better": int((difference < 0).sum()), "p_value": float(statistic.pvalue)}
+
+
+def figure3(user_losses: dict[str, np.ndarray], singles: list[str], best: str, out_dir: Path) -> list[str]:
+    """Kernel density estimates of per-user test LogLoss: (a) two single models, (b) MetaSelector vs best."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grid = np.linspace(0, 1.5, 300)
+    by_mean = sorted((n for n in singles if n in user_losses), key=lambda n: user_losses[n].mean())
+    panels = {"figure3a_single_models.png": by_mean[:2],
+              "figure3b_metaselector_vs_best.png": ["MetaSelector", best]}
+    written = []
+    for filename, names in panels.items():
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        for name in names:
+            losses = user_losses.get(name)
+            if losses is None or len(losses) < 3:
+                continue
+            density = stats.gaussian_kde(np.clip(losses, 0, 3))(grid)
+            ax.plot(grid, density, label=f"{name} (mean {losses.mean():.4f}, sd {losses.std():.4f})")
+        ax.set_xlabel("per-user test LogLoss")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        with atomic_write(out_dir / filename) as handle:
+            fig.savefig(handle, format="png", dpi=120)
+        plt.close(fig)
+        written.append(f"figures/{filename}")
+    return written
+
+
+def _table(rows: dict, with_std: bool) -> str:
+    lines = ["| Model | AUC | LogLoss | RelImpr | gAUC |", "|---|---|---|---|---|"]
+    for name, v in rows.items():
+        label = f"{name} (oracle)" if name in ORACLES else name
+        auc = f"{v['auc']:.4f} ± {v['auc_std']:.4f}" if with_std else f"{v['auc']:.4f}"
+        loss = f"{v['logloss']:.5f} ± {v['logloss_std']:.5f}" if with_std else f"{v['logloss']:.5f}"
+        lines.append(f"| {label} | {auc} | {loss} | {v['relimpr']:+.2f}% | {v['gauc']:.4f} |")
+    return "\n".join(lines)
+
+
+def write_report(out_dir: Path, dataset: str, statistics: dict, rows: dict, new_user_rows: dict | None,
+                 user_proportions: dict, paired: dict | None, seeds: list[int], stages: dict,
+                 wall_seconds: float, config_toml: str, figures: list[str], protocol: str, notes: dict) -> None:
+    results = {
+        "dataset": dataset,
+        "statistics": {k: statistics[k] for k in ("users", "items", "samples", "features")},
+        "rows": rows,
+        "user_proportions": user_proportions,
+        "seeds": seeds,
+        "wall_seconds": wall_seconds,
+    }
+    if new_user_rows:
+        results["new_user_rows"] = new_user_rows
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out_dir / "config.toml", config_toml)
+    parts = [
+        f"# MetaSelector reproduction: {dataset}",
+        f"Seeds: {', '.join(map(str, seeds))}. Wall time: {wall_seconds:.0f} s.",
+        "## Table 2: statistics",
+        "| Users | Items | Samples | Features | Positive rate |\n|---|---|---|---|---|\n"
+        f"| {statistics['users']:,} | {statistics['items']:,} | {statistics['samples']:,} | "
+        f"{statistics['features']:,} | {statistics['positive_rate']:.3f} |",
+        "## Table 3: AUC and LogLoss on the test samples (mean ± sd over seeds)",
+        "RelImpr is equation (7) against the best single model by AUC. gAUC is the unweighted mean of "
+        "per-user AUCs over users whose test samples hold both labels. Rows marked (oracle) choose "
+        "with the test labels: they are upper bounds, not methods.",
+        _table(rows, len(seeds) > 1),
+    ]
+    if new_user_rows:
+        parts += ["## Table 3 for new users (never seen in training)",
+                  "Single models know nothing of these users; MetaSelector adapts on their training part.",
+                  _table(new_user_rows, False)]
+    parts += ["## Table 1: share of users for which each single model has the lowest test LogLoss",
+              "| " + " | ".join(user_proportions) + " |\n|" + "---|" * len(user_proportions) + "\n| "
+              + " | ".join(f"{v:.2%}" for v in user_proportions.values()) + " |"]
+    if paired:
+        parts += ["## Paired per-user test: MetaSelector against the best single model",
+                  f"Wilcoxon signed-rank on per-user test LogLoss ({paired['baseline']}), seed {seeds[0]}: "
+                  f"{paired['users']} users, mean difference {paired['mean_difference']:+.5f}, "
+                  f"MetaSelector lower for {paired['users_better']} users, p = {paired['p_value']:.3g}."]
+    parts += ["## Figure 3: per-user test LogLoss", *[f"![{f}]({f})" for f in figures],
+              "## Protocol: what each method trained on", protocol,
+              "## Time per stage (seconds, summed over seeds)",
+              "\n".join(f"- {k}: {v:.1f}" for k, v in stages.items()),
+              "## Training notes", "```json\n" + json.dumps(notes, indent=1, default=str)[:20000] + "\n```",
+              "## Resolved configuration", "```toml\n" + config_toml + "```"]
+    atomic_write_text(out_dir / "report.md", "\n\n".join(parts) + "\n")

@@ -1,0 +1,271 @@
+"""`metaselector reproduce`: every row of Table 3, Table 1 and Figure 3, for N seeds.
+
+Training data of each method (identical test rows for all):
+  single models            all training rows (support + query), minus a validation slice
+  sample-level selector    base models on the support rows (75%), classifier on query rows
+  MetaSelector, Simplified, per-user adaptation
+                           base models pretrained on `meta_pretrain_on` rows, then
+                           episodes on support/query of the meta-training users, early
+                           stopping on held-out training users' query rows; at test time
+                           each user adapts on all their training rows
+  oracles                  pick with the test labels (upper bounds, not methods)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .data.features import EncodedDataset
+from .data.splits import Split, split_users
+from .evaluation.metrics import per_user_logloss, summary
+from .models import ModelSettings, build_model
+from .models.checkpoint import save_checkpoint
+from .selection import oracles
+from .selection.ensemble import Ensemble
+from .selection.meta import MetaLearner, MetaSettings, UserTask, clone_models
+from .selection.sample_level import fit_sample_selector, predict_sample_selector
+from .selection.selector import Selector
+from .selection.simplified import SimplifiedSelector
+from .training.pretrain import PretrainSettings, pretrain
+from .training.tensors import TensorData, predict
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    new_user_rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    user_losses: dict[str, np.ndarray] = field(default_factory=dict)
+    user_proportions: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+def tasks_for(users: np.ndarray, support: np.ndarray, query: np.ndarray) -> list[UserTask]:
+    """One UserTask per user who has support rows; rows grouped by user in one pass."""
+    def grouped(rows):
+        order = np.argsort(users[rows], kind="stable")
+        rows = rows[order]
+        codes, starts = np.unique(users[rows], return_index=True)
+        return dict(zip(codes.tolist(), np.split(rows, starts[1:]), strict=True))
+
+    s, q = grouped(support), grouped(query)
+    empty = np.empty(0, dtype=np.int64)
+    return [UserTask(u, rows, q.get(u, empty)) for u, rows in s.items()]
+
+
+class Timer:
+    def __init__(self, stages: dict[str, float], log: Callable[[str], None]) -> None:
+        self.stages, self.log = stages, log
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Stage:
+            def __enter__(self):
+                self.start = time.perf_counter()
+                timer.log(f"[{name}] ...")
+
+            def __exit__(self, *exc):
+                elapsed = time.perf_counter() - self.start
+                timer.stages[name] = timer.stages.get(name, 0.0) + elapsed
+                timer.log(f"[{name}] {elapsed:.1f} s")
+
+        return _Stage()
+
+
+def model_settings(config: RunConfig, name: str) -> ModelSettings:
+    return ModelSettings(embedding_dim=config.embedding_dim, hidden=list(config.deepfm_hidden),
+                         dropout=config.dropout)
+
+
+def pretrain_settings(config: RunConfig) -> PretrainSettings:
+    return PretrainSettings(
+        epochs=config.pretrain_epochs, batch_size=config.batch_size, patience=config.patience,
+        validation_fraction=config.validation_fraction, adam_lr=config.adam_lr,
+        l2_embedding=config.l2_embedding, ftrl_alpha=config.ftrl_alpha, ftrl_beta=config.ftrl_beta,
+        ftrl_l1=config.ftrl_l1, ftrl_l2=config.ftrl_l2,
+    )
+
+
+def meta_settings(config: RunConfig) -> MetaSettings:
+    return MetaSettings(
+        users_per_episode=config.users_per_episode, inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+        outer_lr=config.outer_lr, selector_outer_lr=config.selector_outer_lr, epochs=config.meta_epochs,
+        patience=config.meta_patience, first_order=config.first_order,
+    )
+
+
+def _pretrain_set(config, data, tensors, rows, seed, device, progress, tag, checkpoint_dir):
+    models = {}
+    for index, name in enumerate(config.models):
+        torch.manual_seed(seed * 1000 + index)
+        model = build_model(name, data.layout, model_settings(config, name)).to(device)
+        result = pretrain(model, tensors, rows, pretrain_settings(config), seed=seed * 1000 + index,
+                          device=device, progress=progress, desc=f"{name} ({tag})")
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir / tag / f"{name}.pt", name, model, result.optimizer_state)
+        models[name] = model
+    return models
+
+
+def _probabilities(models: dict, tensors: TensorData, rows: np.ndarray, device) -> np.ndarray:
+    return np.stack([predict(m, tensors, rows, device=device) for m in models.values()], axis=1)
+
+
+def _evaluate(rows_out: dict, name: str, users, labels, probabilities) -> None:
+    rows_out[name] = summary(users, labels, probabilities)
+
+
+def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path | None,
+             progress: bool = True, log: Callable[[str], None] = print) -> SeedResult:
+    result = SeedResult(seed)
+    timer = Timer(result.stages, log)
+    device = torch.device(config.device)
+    torch.manual_seed(seed)
+    tensors = TensorData.from_encoded(data)
+    split: Split = split_users(data.users, data.timestamps, seed, temporal=config.split == "temporal",
+                               new_users=config.new_users)
+    result.notes["split"] = {k: int(len(v)) for k, v in split.parts().items()}
+    result.notes["dropped_users"] = split.dropped_users
+    test, labels, users = split.test, data.labels[split.test], data.users[split.test]
+    checkpoints = out_dir / "checkpoints" / f"seed{seed}" if out_dir else None
+
+    with timer("pretrain single models (all training rows)"):
+        singles = _pretrain_set(config, data, tensors, split.train, seed, device, progress, "train", checkpoints)
+    if config.meta_pretrain_on == "support":
+        with timer("pretrain base models (support rows)"):
+            support_models = _pretrain_set(config, data, tensors, split.support, seed, device, progress,
+                                           "support", checkpoints)
+    else:
+        support_models = singles
+
+    with timer("single models and oracles"):
+        single_test = _probabilities(singles, tensors, test, device)
+        for k, name in enumerate(singles):
+            _evaluate(result.rows, name, users, labels, single_test[:, k])
+            result.user_losses[name] = per_user_logloss(users, labels, single_test[:, k])[1]
+        _evaluate(result.rows, "Perfect Sample-level Selector", users, labels,
+                  oracles.perfect_sample_level(single_test, labels))
+        _evaluate(result.rows, "Perfect User-level Selector", users, labels,
+                  oracles.perfect_user_level(single_test, labels, users))
+        _, best = oracles.best_model_per_user(single_test, labels, users)
+        shares = np.bincount(best, minlength=len(singles)) / len(best)
+        result.user_proportions = {name: float(shares[k]) for k, name in enumerate(singles)}
+
+    # The support-pretrained models' probabilities for every row (frozen-model methods).
+    all_rows = np.arange(len(data.labels))
+    with timer("sample-level selector"):
+        # The paper's protocol: models on 75% (support), classifier on the other 25% (query).
+        sample_models = support_models if config.meta_pretrain_on == "support" else _pretrain_set(
+            config, data, tensors, split.support, seed, device, progress, "support", checkpoints)
+        base_all = torch.as_tensor(_probabilities(sample_models, tensors, all_rows, device))
+        torch.manual_seed(seed)
+        sample_selector = Selector(data.layout, ModelSettings(config.embedding_dim, list(config.sample_selector_hidden)),
+                                   len(sample_models), uses_predictions=True)
+        result.notes["sample_level"] = fit_sample_selector(
+            sample_selector, tensors, split.query, base_all, config.sample_selector_epochs, config.adam_lr,
+            config.batch_size, seed, progress)
+        _evaluate(result.rows, "Sample-level Selector", users, labels,
+                  predict_sample_selector(sample_selector, tensors, test, base_all))
+
+    all_tasks = tasks_for(data.users, split.support, split.query)
+    rng = np.random.default_rng(seed + 7)
+    n_valid = int(round(len(all_tasks) * config.meta_validation_users))
+    order = rng.permutation(len(all_tasks))
+    valid_tasks = [all_tasks[i] for i in order[:n_valid]]
+    train_tasks = [all_tasks[i] for i in order[n_valid:]]
+    test_tasks = tasks_for(data.users, split.train, test)  # adapt on all training rows
+    test_rows = [t.query for t in test_tasks]
+    test_order = np.concatenate(test_rows)
+    t_users, t_labels = data.users[test_order], data.labels[test_order]
+    new_tasks = tasks_for(data.users, split.new_support, split.new_test) if len(split.new_test) else []
+
+    def run_meta(name: str, models: dict, selector: Selector | None) -> None:
+        learner = MetaLearner(Ensemble(clone_models(models), selector), meta_settings(config), device)
+        with timer(f"{name} meta-training"):
+            history = learner.fit(tensors, train_tasks, valid_tasks, seed=seed, progress=progress, desc=name)
+        result.notes[name] = {"best_epoch": history.best_epoch, "validation_logloss": history.best_validation,
+                              "epochs": history.epochs}
+        with timer(f"{name} meta-testing"):
+            p = np.concatenate(learner.predict(tensors, test_tasks, test_rows, progress=progress))
+        _evaluate(result.rows, name, t_users, t_labels, p)
+        result.user_losses[name] = per_user_logloss(t_users, t_labels, p)[1]
+        if new_tasks:
+            p_new = np.concatenate(learner.predict(tensors, new_tasks, [t.query for t in new_tasks]))
+            rows_new = np.concatenate([t.query for t in new_tasks])
+            _evaluate(result.new_user_rows, name, data.users[rows_new], data.labels[rows_new], p_new)
+
+    torch.manual_seed(seed)
+    selector = Selector(data.layout, ModelSettings(config.embedding_dim, list(config.selector_hidden)),
+                        len(support_models), uses_predictions=config.selector_uses_predictions)
+    run_meta("MetaSelector", support_models, selector)
+
+    with timer("MetaSelector-Simplified"):
+        base_meta = base_all if config.meta_pretrain_on == "support" else torch.as_tensor(
+            _probabilities(support_models, tensors, all_rows, device))
+        torch.manual_seed(seed)
+        simple = SimplifiedSelector(
+            Selector(data.layout, ModelSettings(config.embedding_dim, list(config.selector_hidden)),
+                     len(support_models), uses_predictions=config.selector_uses_predictions),
+            base_meta, config.selector_outer_lr, device)
+        history = simple.fit(tensors, train_tasks, valid_tasks, config.users_per_episode, config.meta_epochs,
+                             config.meta_patience, seed, progress)
+        result.notes["MetaSelector-Simplified"] = {"best_epoch": history.best_epoch,
+                                                   "validation_logloss": history.best_validation}
+        p = np.concatenate(simple.predict(tensors, test_tasks, test_rows))
+        _evaluate(result.rows, "MetaSelector-Simplified", t_users, t_labels, p)
+        if new_tasks:
+            rows_new = np.concatenate([t.query for t in new_tasks])
+            p_new = np.concatenate(simple.predict(tensors, new_tasks, [t.query for t in new_tasks]))
+            _evaluate(result.new_user_rows, "MetaSelector-Simplified", data.users[rows_new],
+                      data.labels[rows_new], p_new)
+
+    if config.ablations:
+        for name, model in support_models.items():
+            run_meta(f"{name} + per-user adaptation", {name: model}, None)
+
+    if new_tasks:
+        rows_new = np.concatenate([t.query for t in new_tasks])
+        new_probs = _probabilities(singles, tensors, rows_new, device)
+        for k, name in enumerate(singles):
+            _evaluate(result.new_user_rows, name, data.users[rows_new], data.labels[rows_new], new_probs[:, k])
+    return result
+
+
+def reproduce(config: RunConfig, data: EncodedDataset, out_dir: Path, progress: bool = True,
+              log: Callable[[str], None] = print) -> dict:
+    """Run every seed, aggregate, and write results.json, report.md, figures, config.toml."""
+    from .evaluation.report import aggregate, best_single, figure3, paired_test, write_report
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = [run_seed(config, data, seed, out_dir, progress, log) for seed in range(config.seeds)]
+    singles = list(config.models)
+    rows = aggregate([r.rows for r in results], singles)
+    new_rows = aggregate([r.new_user_rows for r in results], singles) if results[0].new_user_rows else None
+    best = best_single(rows, singles)
+    first = results[0]
+    paired = None
+    if "MetaSelector" in first.user_losses and best in first.user_losses:
+        paired = {"baseline": best, **paired_test(first.user_losses["MetaSelector"], first.user_losses[best])}
+    figures = figure3(first.user_losses, singles, best, out_dir / "figures")
+    proportions = {name: float(np.mean([r.user_proportions[name] for r in results])) for name in singles}
+    stages: dict[str, float] = {}
+    for r in results:
+        for k, v in r.stages.items():
+            stages[k] = stages.get(k, 0.0) + v
+    wall = time.perf_counter() - start
+    write_report(out_dir, data.name, data.statistics(), rows, new_rows, proportions, paired,
+                 list(range(config.seeds)), stages, wall, config.to_toml(), figures, __doc__ or "",
+                 {f"seed {r.seed}": r.notes for r in results})
+    return {"rows": rows, "wall_seconds": wall, "stages": stages}

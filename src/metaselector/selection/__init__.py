@@ -1,0 +1,1 @@
+"""Model selection: MetaSelector, its simplified variant, the sample-level selector, oracles."""

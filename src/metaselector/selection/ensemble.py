@@ -1,0 +1,49 @@
+"""K base models and an optional selector as one functional learner.
+
+All learnable tensors are addressed by flat names (`models.FM.embedding`,
+`selector.deep.0.weight`), so a per-user parameter dict can replace any of them, and
+the embedding tables among them (`tables`) can be swapped for small per-user tables.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..models.base import BaseModel, Batch
+from .selector import Selector, mix
+
+EPS = 1e-7
+
+
+class Ensemble(nn.Module):
+    def __init__(self, models: dict[str, BaseModel], selector: Selector | None) -> None:
+        super().__init__()
+        if selector is None and len(models) != 1:
+            raise ValueError("without a selector the ensemble holds exactly one model")
+        self.models = nn.ModuleDict(models)
+        self.selector = selector
+        self.tables = {f"models.{name}.{t}" for name, m in models.items() for t in m.table_names}
+        if selector is not None:
+            self.tables |= {f"selector.{t}" for t in selector.table_names}
+        # For each module: (prefix, module), so a flat dict is split once per call.
+        self._parts = [(f"models.{name}.", m) for name, m in models.items()]
+
+    def probabilities(self, params: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """Final predicted probability [N] under the parameter dict `params`."""
+        per_model = []
+        for prefix, module in self._parts:
+            own = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+            per_model.append(torch.sigmoid(functional_call(module, own, (batch,))))
+        stacked = torch.stack(per_model, dim=-1)
+        if self.selector is None:
+            return stacked[:, 0]
+        own = {k[9:]: v for k, v in params.items() if k.startswith("selector.")}
+        weights = functional_call(self.selector, own, (batch, stacked))
+        return mix(weights, stacked)
+
+    def loss(self, params: dict[str, torch.Tensor], batch: Batch, labels: torch.Tensor) -> torch.Tensor:
+        p = self.probabilities(params, batch).clamp(EPS, 1 - EPS)
+        return F.binary_cross_entropy(p, labels)

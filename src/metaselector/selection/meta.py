@@ -1,0 +1,239 @@
+"""MetaSelector (Algorithm 1 with Meta-SGD), adapting only the rows a user touches.
+
+Per episode of m users:
+  1. R = the sorted feature ids the episode's support and query samples use.
+  2. Every embedding table T (and its Meta-SGD rates A) is gathered to T[R], A[R]: small
+     leaf tensors. Dense parameters (MLPs, biases) are used as they are.
+  3. For each user, their own rows are gathered from those leaves and their batch ids
+     remapped, the support loss is differentiated (create_graph for second order),
+     theta_u = theta - alpha * grad, and the query loss is backpropagated. Untouched rows
+     have zero support gradient, so this is exactly the dense update restricted to R.
+  4. The outer step: dense parameters by Adam, tables by SparseAdam on the rows in R
+     (lazy moments: rows not in R keep their moment estimates unchanged, unlike dense Adam
+     whose moments decay every step).
+Meta-testing reuses steps 1 to 3 without the outer step.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..models.base import Batch
+from ..training.tensors import TensorData
+from .ensemble import Ensemble
+
+
+@dataclass
+class UserTask:
+    """One user as a task: row indices of their support (adapt) and query (evaluate) data."""
+
+    user: int
+    support: np.ndarray
+    query: np.ndarray
+
+
+@dataclass
+class MetaSettings:
+    users_per_episode: int = 10
+    inner_steps: int = 1
+    inner_lr: float = 0.001
+    outer_lr: float = 0.0001
+    selector_outer_lr: float = 0.001
+    epochs: int = 30
+    patience: int = 3
+    first_order: bool = False
+    learn_inner_lr: bool = True
+
+
+@dataclass
+class MetaHistory:
+    best_epoch: int = 0
+    best_validation: float = float("inf")
+    epochs: list[dict] = field(default_factory=list)
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class MetaLearner:
+    """theta, phi and alpha of an Ensemble, meta-trained and adapted sparsely per user."""
+
+    def __init__(self, ensemble: Ensemble, settings: MetaSettings, device: torch.device | str = "cpu") -> None:
+        self.ensemble = ensemble.to(device)
+        self.ensemble.eval()  # no dropout inside the inner loop: adaptation is deterministic
+        self.settings = settings
+        self.device = torch.device(device)
+        self.params = dict(ensemble.named_parameters())
+        self.tables = [n for n in self.params if n in ensemble.tables]
+        self.dense = [n for n in self.params if n not in ensemble.tables]
+        self.alpha = {n: torch.full_like(p, settings.inner_lr, requires_grad=settings.learn_inner_lr)
+                      for n, p in self.params.items()}
+        self._build_optimizers()
+
+    def _build_optimizers(self) -> None:
+        s = self.settings
+        groups = [
+            {"params": [self.params[n] for n in self.dense if not n.startswith("selector.")], "lr": s.outer_lr},
+            {"params": [self.params[n] for n in self.dense if n.startswith("selector.")], "lr": s.selector_outer_lr},
+        ]
+        sparse_groups = [
+            {"params": [self.params[n] for n in self.tables if not n.startswith("selector.")], "lr": s.outer_lr},
+            {"params": [self.params[n] for n in self.tables if n.startswith("selector.")], "lr": s.selector_outer_lr},
+        ]
+        if s.learn_inner_lr:
+            groups.append({"params": [self.alpha[n] for n in self.dense], "lr": s.outer_lr})
+            sparse_groups.append({"params": [self.alpha[n] for n in self.tables], "lr": s.outer_lr})
+        self.dense_optimizer = torch.optim.Adam([g for g in groups if g["params"]])
+        self.sparse_optimizer = torch.optim.SparseAdam([g for g in sparse_groups if g["params"]])
+
+    # ---- the inner loop -------------------------------------------------------------
+    def _episode_leaves(self, rows: torch.Tensor, train: bool) -> tuple[dict, dict]:
+        """Gather table rows (and their rates) into leaf tensors; dense ones stay shared."""
+        params, alphas = {}, {}
+        for n in self.tables:
+            params[n] = self.params[n].detach()[rows].requires_grad_(True)
+            alphas[n] = self.alpha[n].detach()[rows].requires_grad_(train and self.settings.learn_inner_lr)
+        for n in self.dense:
+            params[n] = self.params[n] if train else self.params[n].detach().requires_grad_(True)
+            alphas[n] = self.alpha[n] if train else self.alpha[n].detach()
+        return params, alphas
+
+    def adapt(self, params: dict, alphas: dict, batch: Batch, labels: torch.Tensor, create_graph: bool) -> dict:
+        """theta_u = theta - alpha * grad of the support loss, `inner_steps` times."""
+        names = list(params)
+        for _ in range(self.settings.inner_steps):
+            loss = self.ensemble.loss(params, batch, labels)
+            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph,
+                                        allow_unused=True)
+            params = {n: params[n] if g is None else params[n] - alphas[n] * g
+                      for n, g in zip(names, grads, strict=True)}
+        return params
+
+    def _user_view(self, episode_rows, leaves, alphas, ids_list):
+        """Per-user parameters: their rows of the episode leaves, and remapped ids."""
+        user_rows = torch.unique(torch.cat([ids.flatten() for ids in ids_list]))
+        position = torch.searchsorted(episode_rows, user_rows)
+        params = {n: (v[position] if n in self.ensemble.tables else v) for n, v in leaves.items()}
+        rates = {n: (v[position] if n in self.ensemble.tables else v) for n, v in alphas.items()}
+        local = [torch.searchsorted(user_rows, ids) for ids in ids_list]
+        return params, rates, local
+
+    def _batches(self, data: TensorData, tasks: Sequence[UserTask], query_rows: Sequence[np.ndarray]):
+        out = []
+        for task, q in zip(tasks, query_rows, strict=True):
+            s_batch, s_labels = data.batch(task.support, self.device)
+            q_batch, q_labels = data.batch(q, self.device)
+            out.append((s_batch, s_labels, q_batch, q_labels))
+        return out
+
+    def meta_step(self, data: TensorData, tasks: Sequence[UserTask]) -> float:
+        """One episode: adapt each user on support, backpropagate query loss, outer step."""
+        batches = self._batches(data, tasks, [t.query for t in tasks])
+        rows = torch.unique(torch.cat([torch.cat([b[0].ids.flatten(), b[2].ids.flatten()]) for b in batches]))
+        leaves, alphas = self._episode_leaves(rows, train=True)
+        total = 0.0
+        for s_batch, s_labels, q_batch, q_labels in batches:
+            params, rates, (s_ids, q_ids) = self._user_view(rows, leaves, alphas, [s_batch.ids, q_batch.ids])
+            adapted = self.adapt(params, rates, Batch(s_ids, s_batch.weights), s_labels,
+                                 create_graph=not self.settings.first_order)
+            query_loss = self.ensemble.loss(adapted, Batch(q_ids, q_batch.weights), q_labels)
+            (query_loss / len(batches)).backward()
+            total += query_loss.item()
+        self._outer_step(rows, leaves, alphas)
+        return total / len(batches)
+
+    def _outer_step(self, rows: torch.Tensor, leaves: dict, alphas: dict) -> None:
+        for n in self.tables:
+            for full, local in ((self.params[n], leaves[n]), (self.alpha[n], alphas[n])):
+                if local.grad is not None:
+                    full.grad = torch.sparse_coo_tensor(rows[None], local.grad, full.shape, check_invariants=False)
+        self.dense_optimizer.step()
+        self.sparse_optimizer.step()
+        self.dense_optimizer.zero_grad(set_to_none=True)
+        self.sparse_optimizer.zero_grad(set_to_none=True)
+
+    def predict(self, data: TensorData, tasks: Sequence[UserTask], eval_rows: Sequence[np.ndarray],
+                adapt: bool = True, progress: bool = False, desc: str = "meta-test") -> list[np.ndarray]:
+        """For each user: adapt on their support rows, then predict `eval_rows`."""
+        out = []
+        chunk = max(1, self.settings.users_per_episode * 5)
+        bar = tqdm(total=len(tasks), desc=desc, disable=not progress, leave=False)
+        for start in range(0, len(tasks), chunk):
+            part = tasks[start:start + chunk]
+            batches = self._batches(data, part, eval_rows[start:start + chunk])
+            rows = torch.unique(torch.cat([torch.cat([b[0].ids.flatten(), b[2].ids.flatten()]) for b in batches]))
+            leaves, alphas = self._episode_leaves(rows, train=False)
+            for s_batch, s_labels, e_batch, _ in batches:
+                params, rates, (s_ids, e_ids) = self._user_view(rows, leaves, alphas, [s_batch.ids, e_batch.ids])
+                if adapt and len(s_labels):
+                    with torch.enable_grad():
+                        params = self.adapt(params, rates, Batch(s_ids, s_batch.weights), s_labels, False)
+                with torch.no_grad():
+                    p = self.ensemble.probabilities(params, Batch(e_ids, e_batch.weights))
+                out.append(p.double().cpu().numpy())
+            bar.update(len(part))
+        bar.close()
+        return out
+
+    def query_loss(self, data: TensorData, tasks: Sequence[UserTask]) -> float:
+        """Mean post-adaptation query LogLoss over users (validation; no outer step)."""
+        from ..evaluation.metrics import logloss
+
+        predictions = self.predict(data, tasks, [t.query for t in tasks])
+        labels = np.concatenate([data.labels[t.query].numpy() for t in tasks])
+        return logloss(labels, np.concatenate(predictions))
+
+    # ---- the outer loop -------------------------------------------------------------
+    def state(self) -> dict:
+        return {"params": {n: p.detach().clone() for n, p in self.params.items()},
+                "alpha": {n: a.detach().clone() for n, a in self.alpha.items()}}
+
+    def load_state(self, state: dict) -> None:
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(state["params"][n])
+            for n, a in self.alpha.items():
+                a.copy_(state["alpha"][n])
+
+    def fit(self, data: TensorData, train_tasks: list[UserTask], valid_tasks: list[UserTask], seed: int,
+            progress: bool = True, desc: str = "MetaSelector") -> MetaHistory:
+        """Episodes of m users, epochs over the users; early stopping on held-out users."""
+        rng = np.random.default_rng(seed)
+        history = MetaHistory()
+        best_state = self.state()
+        history.best_validation = self.query_loss(data, valid_tasks) if valid_tasks else float("inf")
+        history.epochs.append({"epoch": 0, "validation_logloss": history.best_validation})
+        bad = 0
+        m = self.settings.users_per_episode
+        for epoch in range(1, self.settings.epochs + 1):
+            order = rng.permutation(len(train_tasks))
+            losses = []
+            bar = tqdm(range(0, len(order), m), desc=f"{desc} epoch {epoch}", disable=not progress,
+                       leave=False, mininterval=0.5)
+            for start in bar:
+                losses.append(self.meta_step(data, [train_tasks[i] for i in order[start:start + m]]))
+                if len(losses) % 10 == 0:
+                    bar.set_postfix(query_loss=f"{np.mean(losses[-50:]):.4f}")
+            validation = self.query_loss(data, valid_tasks) if valid_tasks else -epoch
+            history.epochs.append({"epoch": epoch, "train_query_loss": float(np.mean(losses)),
+                                   "validation_logloss": validation})
+            if validation < history.best_validation - 1e-6:
+                history.best_validation, history.best_epoch, bad = validation, epoch, 0
+                best_state = self.state()
+            else:
+                bad += 1
+                if bad >= self.settings.patience:
+                    break
+        self.load_state(best_state)
+        return history
+
+
+def clone_models(models: dict) -> dict:
+    return {name: copy.deepcopy(model) for name, model in models.items()}
