@@ -104,6 +104,8 @@ def write_synthetic(like: str, out: Path, users: int | None = None, seed: int = 
         size["items"] = max(50, int(size["items"] * ratio ** 0.5)) if ratio < 1 else size["items"]
         size["samples"] = max(int(size["samples"] * ratio), users * size["min_per_user"])
         size["users"] = users
+        # Every item needs an interaction: never more items than a third of the samples.
+        size["items"] = min(size["items"], size["samples"] // 3)
     rng = np.random.default_rng(seed)
     out = Path(out)
     if like == "movielens-1m":

@@ -135,6 +135,13 @@ class MetaLearner:
 
     def meta_step(self, data: TensorData, tasks: Sequence[UserTask]) -> float:
         """One episode: adapt each user on support, backpropagate query loss, outer step."""
+        rows, leaves, alphas, loss = self.episode_backward(data, tasks)
+        self._outer_step(rows, leaves, alphas)
+        return loss
+
+    def episode_backward(self, data: TensorData, tasks: Sequence[UserTask]) -> tuple:
+        """Accumulate the meta-gradient of the mean query loss; return the episode's rows,
+        the table leaves (whose .grad holds the rows' gradients) and the mean loss."""
         batches = self._batches(data, tasks, [t.query for t in tasks])
         rows = torch.unique(torch.cat([torch.cat([b[0].ids.flatten(), b[2].ids.flatten()]) for b in batches]))
         leaves, alphas = self._episode_leaves(rows, train=True)
@@ -146,8 +153,7 @@ class MetaLearner:
             query_loss = self.ensemble.loss(adapted, Batch(q_ids, q_batch.weights), q_labels)
             (query_loss / len(batches)).backward()
             total += query_loss.item()
-        self._outer_step(rows, leaves, alphas)
-        return total / len(batches)
+        return rows, leaves, alphas, total / len(batches)
 
     def _outer_step(self, rows: torch.Tensor, leaves: dict, alphas: dict) -> None:
         for n in self.tables:
