@@ -32,7 +32,8 @@ def read_custom_columns(data_file: Path, columns_file: Path | None) -> CustomSpe
     known = {f.name for f in fields(CustomSpec)} - {"path"}
     for key in table:
         if key not in known:
-            raise ConfigError(f"{columns_file}: [columns] key '{key}' unknown (expected one of {', '.join(sorted(known))})")
+            expected = ", ".join(sorted(known))
+            raise ConfigError(f"{columns_file}: [columns] key '{key}' unknown (expected one of {expected})")
     return replace(spec, **table)
 
 

@@ -168,7 +168,8 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
             config, data, tensors, split.support, seed, device, progress, "support", checkpoints)
         base_all = torch.as_tensor(_probabilities(sample_models, tensors, all_rows, device))
         torch.manual_seed(seed)
-        sample_selector = Selector(data.layout, ModelSettings(config.embedding_dim, list(config.sample_selector_hidden)),
+        sample_selector = Selector(data.layout,
+                                   ModelSettings(config.embedding_dim, list(config.sample_selector_hidden)),
                                    len(sample_models), uses_predictions=True)
         result.notes["sample_level"] = fit_sample_selector(
             sample_selector, tensors, split.query, base_all, config.sample_selector_epochs, config.adam_lr,

@@ -140,7 +140,8 @@ def load_movielens_100k(folder: Path) -> RawData:
                         dtype=str, keep_default_na=False, encoding="latin-1")
     users = _check_numeric(users, ["user", "age"], user_path, "user id|age|gender|occupation|zip code", 0, "latin-1")
     # Bucket ages as MovieLens-1M does, so both releases share one feature definition.
-    users["age"] = np.array(ML1M_AGE_BUCKETS)[np.searchsorted(ML1M_AGE_BUCKETS, users["age"].to_numpy(), side="right") - 1]
+    bucket = np.searchsorted(ML1M_AGE_BUCKETS, users["age"].to_numpy(), side="right") - 1
+    users["age"] = np.array(ML1M_AGE_BUCKETS)[np.maximum(bucket, 0)]
     genres = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
               "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
               "Thriller", "War", "Western"]
@@ -162,7 +163,8 @@ def load_ml_latest_small(folder: Path) -> RawData:
     ratings = _read_table(ratings_path, dtype=str, keep_default_na=False)
     expected = ["userId", "movieId", "rating", "timestamp"]
     if list(ratings.columns) != expected:
-        raise InputError(f"{ratings_path}: line 1: expected header {','.join(expected)}, got {','.join(ratings.columns)}")
+        got = ",".join(ratings.columns)
+        raise InputError(f"{ratings_path}: line 1: expected header {','.join(expected)}, got {got}")
     ratings.columns = ["user", "item", "rating", "timestamp"]
     ratings = _check_numeric(ratings, ["user", "item", "rating", "timestamp"], ratings_path,
                              "userId,movieId,rating,timestamp (numbers)", 1)
@@ -213,7 +215,8 @@ def _read_meta(path: Path, wanted: set[str]) -> dict[object, list[str]]:
             for number, line in enumerate(handle, start=1):
                 match = _ASIN.search(line)
                 if match is None:
-                    raise InputError(f"{path}: line {number}: expected a dict literal with an 'asin' key, got {line[:120]!r}")
+                    raise InputError(
+                        f"{path}: line {number}: expected a dict literal with an 'asin' key, got {line[:120]!r}")
                 if match.group(1) not in wanted:
                     continue
                 try:

@@ -16,7 +16,9 @@ def perfect_sample_level(probabilities: np.ndarray, labels: np.ndarray) -> np.nd
     return probabilities[np.arange(len(labels)), losses.argmin(axis=1)]
 
 
-def best_model_per_user(probabilities: np.ndarray, labels: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def best_model_per_user(
+    probabilities: np.ndarray, labels: np.ndarray, users: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(user codes, index of each user's lowest-LogLoss model)."""
     codes, inverse = np.unique(users, return_inverse=True)
     losses = sample_losses(labels[:, None], probabilities)

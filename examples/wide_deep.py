@@ -1,0 +1,27 @@
+"""A user-defined base model: Wide & Deep, written against the project's model interface.
+
+Use it by name in a configuration file:  models = ["LR", "FM", "FFM", "DeepFM", "examples.wide_deep:WideDeep"]
+(with this folder importable, e.g. run from the repository root).
+"""
+
+import torch
+from torch import nn
+
+from metaselector.models import BaseModel, Batch
+from metaselector.models.base import linear_term, weighted_rows
+from metaselector.models.deepfm import mlp
+
+
+class WideDeep(BaseModel):
+    table_names = ("linear", "embedding")  # tables indexed by feature id: adapted sparsely per user
+
+    def __init__(self, layout, settings) -> None:
+        super().__init__(layout, settings)
+        self.linear = self.table(layout.num_features, (1,))
+        self.embedding = self.table(layout.num_features, (settings.embedding_dim,))
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.deep = mlp(layout.num_fields * settings.embedding_dim, settings.hidden, settings.dropout, 1)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        per_field = torch.einsum("nsk,sf->nfk", weighted_rows(self.embedding, batch), self.field_pool)
+        return linear_term(self.linear, self.bias, batch) + self.deep(per_field.flatten(1)).squeeze(-1)

@@ -1,0 +1,171 @@
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURES
+
+from benchmarks.dense_reference import dense_episode_backward
+from metaselector.config import RunConfig
+from metaselector.data.splits import split_users
+from metaselector.models import ModelSettings, build_model
+from metaselector.pipeline import reproduce, tasks_for
+from metaselector.selection.ensemble import Ensemble
+from metaselector.selection.meta import MetaLearner, MetaSettings
+from metaselector.selection.selector import Selector
+from metaselector.training.tensors import TensorData
+
+
+def _learner(data, first_order=False, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    settings = ModelSettings(embedding_dim=4, hidden=[8, 8], dropout=0.0, init_std=0.3)
+    models = {n: build_model(n, data.layout, settings) for n in ["LR", "FM", "FFM", "DeepFM"]}
+    with torch.no_grad():
+        models["LR"].linear.normal_(0, 0.3)
+    selector = Selector(data.layout, ModelSettings(4, [8]), 4, uses_predictions=True)
+    with torch.no_grad():
+        selector.deep[-1].weight.normal_(0, 0.3)
+    ensemble = Ensemble(models, selector).to(dtype)
+    learner = MetaLearner(ensemble, MetaSettings(inner_lr=0.05, first_order=first_order))
+    with torch.no_grad():  # varied per-parameter rates, so alpha's gradient is a real test
+        for a in learner.alpha.values():
+            a.uniform_(0.01, 0.2)
+    return learner
+
+
+def _episode(data, n_users=3):
+    tensors = TensorData.from_encoded(data)
+    tensors = TensorData(tensors.ids, tensors.weights.double(), tensors.labels.double(), tensors.users)
+    split = split_users(data.users, data.timestamps, seed=0)
+    tasks = tasks_for(data.users, split.support, split.query)[:n_users]
+    return tensors, tasks
+
+
+def _sparse_grads(learner, tensors, tasks):
+    rows, leaves, alphas, loss = learner.episode_backward(tensors, tasks)
+    grads = {}
+    for n, p in learner.params.items():
+        if n in learner.tables:
+            dense = torch.zeros_like(p).index_add_(0, rows, leaves[n].grad)
+            dense_alpha = torch.zeros_like(p).index_add_(0, rows, alphas[n].grad)
+        else:
+            dense, dense_alpha = p.grad.clone(), learner.alpha[n].grad.clone()
+        grads[n], grads["alpha:" + n] = dense, dense_alpha
+    return grads, loss
+
+
+def _dense_grads(learner, tensors, tasks):
+    episode = []
+    for t in tasks:
+        s_batch, s_labels = tensors.batch(t.support)
+        q_batch, q_labels = tensors.batch(t.query)
+        episode.append((tuple(s_batch), s_labels, tuple(q_batch), q_labels))
+    loss = dense_episode_backward(learner.ensemble, learner.alpha, episode, first_order=learner.settings.first_order)
+    grads = {}
+    for n, p in learner.params.items():
+        grads[n], grads["alpha:" + n] = p.grad.clone(), learner.alpha[n].grad.clone()
+    return grads, loss
+
+
+def _zero(learner):
+    for t in [*learner.params.values(), *learner.alpha.values()]:
+        t.grad = None
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_sparse_meta_gradient_equals_dense_reference(ml1m_fixture, first_order):
+    learner = _learner(ml1m_fixture, first_order)
+    tensors, tasks = _episode(ml1m_fixture)
+    dense, dense_loss = _dense_grads(learner, tensors, tasks)
+    _zero(learner)
+    sparse, sparse_loss = _sparse_grads(learner, tensors, tasks)
+    assert sparse_loss == pytest.approx(dense_loss, rel=1e-12)
+    for name, value in dense.items():
+        scale = value.abs().max().clamp(min=1e-30)
+        assert ((sparse[name] - value).abs().max() / scale) < 1e-8, name
+    # theta, phi and alpha all receive a non-zero meta-gradient
+    for prefix in ("models.FM.embedding", "selector.embedding", "alpha:models.DeepFM.embedding",
+                   "alpha:selector.deep.0.weight"):
+        assert sparse[prefix].abs().max() > 0, prefix
+
+
+def test_first_and_second_order_differ(ml1m_fixture):
+    tensors, tasks = _episode(ml1m_fixture)
+    second, _ = _sparse_grads(_learner(ml1m_fixture, False), tensors, tasks)
+    first, _ = _sparse_grads(_learner(ml1m_fixture, True), tensors, tasks)
+    difference = max(float((second[n] - first[n]).abs().max()) for n in second if not n.startswith("alpha:"))
+    assert difference > 1e-6
+
+
+def test_inner_step_changes_only_touched_rows(ml1m_fixture):
+    learner = _learner(ml1m_fixture)
+    tensors, tasks = _episode(ml1m_fixture, 1)
+    task = tasks[0]
+    s_batch, s_labels = tensors.batch(task.support)
+    params = dict(learner.params)
+    adapted = learner.adapt(params, learner.alpha, s_batch, s_labels, create_graph=False)
+    touched = set(torch.unique(s_batch.ids).tolist())
+    for n in learner.tables:
+        changed = set(torch.nonzero((adapted[n] - params[n]).flatten(1).abs().sum(1) > 0).flatten().tolist())
+        assert changed and changed <= touched, n
+    # the sparse path adapts exactly those rows, to the same values
+    q_batch, _ = tensors.batch(task.query)
+    rows = torch.unique(torch.cat([s_batch.ids.flatten(), q_batch.ids.flatten()]))
+    leaves, alphas = learner._episode_leaves(rows, train=False)
+    local, rates, (s_ids,) = learner._user_view(rows, leaves, alphas, [s_batch.ids])
+    user_rows = torch.unique(s_batch.ids)
+    local_adapted = learner.adapt(local, rates, type(s_batch)(s_ids, s_batch.weights), s_labels, create_graph=False)
+    for n in learner.tables:
+        torch.testing.assert_close(local_adapted[n], adapted[n][user_rows].detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_meta_step_updates_only_episode_rows(ml1m_fixture):
+    learner = _learner(ml1m_fixture, dtype=torch.float32)
+    tensors = TensorData.from_encoded(ml1m_fixture)
+    split = split_users(ml1m_fixture.users, ml1m_fixture.timestamps, seed=0)
+    tasks = tasks_for(ml1m_fixture.users, split.support, split.query)[:2]
+    before = {n: learner.params[n].detach().clone() for n in learner.tables}
+    learner.meta_step(tensors, tasks)
+    used = torch.unique(tensors.ids[np.concatenate([np.concatenate([t.support, t.query]) for t in tasks])].long())
+    for n in learner.tables:
+        moved = torch.nonzero((learner.params[n] - before[n]).flatten(1).abs().sum(1) > 0).flatten()
+        assert len(moved) > 0 and set(moved.tolist()) <= set(used.tolist()), n
+
+
+TINY = dict(seeds=1, pretrain_epochs=1, meta_epochs=1, sample_selector_epochs=1, embedding_dim=4,
+            deepfm_hidden=[8], selector_hidden=[8], sample_selector_hidden=[8], batch_size=256)
+
+
+def test_reproduce_is_deterministic_and_complete(ml1m_fixture, tmp_path):
+    config = replace(RunConfig(dataset="movielens-1m"), **TINY, new_users=0.2)
+    torch.set_num_threads(1)
+    reproduce(config, ml1m_fixture, tmp_path / "a", progress=False, log=lambda m: None)
+    reproduce(config, ml1m_fixture, tmp_path / "b", progress=False, log=lambda m: None)
+    a = json.loads((tmp_path / "a" / "results.json").read_text())
+    b = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert set(a) == {"dataset", "statistics", "rows", "user_proportions", "seeds", "wall_seconds", "new_user_rows"}
+    assert a["rows"] == b["rows"]
+    expected = {"LR", "FM", "FFM", "DeepFM", "Perfect Sample-level Selector", "Perfect User-level Selector",
+                "Sample-level Selector", "MetaSelector", "MetaSelector-Simplified", "LR + per-user adaptation",
+                "DeepFM + per-user adaptation"}
+    assert expected <= set(a["rows"])
+    for row in a["rows"].values():
+        assert set(row) == {"auc", "logloss", "relimpr", "gauc", "auc_std", "logloss_std"}
+    assert sum(a["user_proportions"].values()) == pytest.approx(1.0)
+    assert (tmp_path / "a" / "figures" / "figure3b_metaselector_vs_best.png").stat().st_size > 1000
+    assert "(oracle)" in (tmp_path / "a" / "report.md").read_text()
+    # oracles over the single models are never worse than any single model
+    rows = a["rows"]
+    best_single = min(rows[m]["logloss"] for m in ["LR", "FM", "FFM", "DeepFM"])
+    assert rows["Perfect User-level Selector"]["logloss"] <= best_single
+
+
+def test_reproduce_runs_on_every_format_fixture(tmp_path):
+    from metaselector.data.loading import load_dataset
+
+    for name, folder in [("movielens-100k", "ml-100k"), ("amazon-electronics", "amazon")]:
+        data = load_dataset(name, FIXTURES / folder, log=lambda m: None)
+        config = replace(RunConfig(dataset=name), **TINY, ablations=False)
+        summary = reproduce(config, data, tmp_path / name, progress=False, log=lambda m: None)
+        assert np.isfinite(summary["rows"]["MetaSelector"]["auc"])

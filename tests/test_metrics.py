@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+from sklearn.metrics import log_loss, roc_auc_score
+
+from metaselector.evaluation import metrics
+from metaselector.selection import oracles
+
+
+def test_auc_and_logloss_match_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    p = rng.random(500)
+    assert metrics.auc(y, p) == pytest.approx(roc_auc_score(y, p))
+    assert metrics.logloss(y, p) == pytest.approx(log_loss(y, p))
+
+
+def test_logloss_is_finite_at_zero_and_one():
+    value = metrics.logloss(np.array([1, 0]), np.array([0.0, 1.0]))
+    assert np.isfinite(value) and value == pytest.approx(-np.log(1e-7), rel=1e-6)
+
+
+def test_relimpr_equation_7():
+    assert metrics.relimpr(0.8047, 0.7957) == pytest.approx(((0.3047 / 0.2957) - 1) * 100)
+    assert metrics.relimpr(0.7957, 0.7957) == 0
+
+
+def test_gauc_and_per_user_logloss_by_hand():
+    users = np.array([0, 0, 0, 1, 1, 2])
+    y = np.array([1, 0, 1, 1, 0, 1])
+    p = np.array([0.9, 0.2, 0.1, 0.3, 0.6, 0.5])
+    # user 0: pairs (0.9>0.2) yes, (0.1>0.2) no -> 0.5; user 1: 0.3<0.6 -> 0; user 2 has one label
+    assert metrics.gauc(users, y, p) == pytest.approx(0.25)
+    codes, losses = metrics.per_user_logloss(users, y, p)
+    assert codes.tolist() == [0, 1, 2]
+    assert losses[2] == pytest.approx(-np.log(0.5))
+    assert losses[0] == pytest.approx(-(np.log(0.9) + np.log(0.8) + np.log(0.1)) / 3)
+
+
+def test_oracles_pick_the_true_minimum():
+    rng = np.random.default_rng(1)
+    probs = rng.random((200, 4))
+    y = rng.integers(0, 2, 200)
+    users = rng.integers(0, 10, 200)
+    losses = metrics.sample_losses(y[:, None], probs)
+    chosen = oracles.perfect_sample_level(probs, y)
+    np.testing.assert_allclose(metrics.sample_losses(y, chosen), losses.min(axis=1))
+    codes, best = oracles.best_model_per_user(probs, y, users)
+    for u, k in zip(codes, best, strict=True):
+        mine = losses[users == u].mean(axis=0)
+        assert mine[k] == pytest.approx(mine.min())
+    per_user = metrics.per_user_logloss(users, y, oracles.perfect_user_level(probs, y, users))[1]
+    for k in range(4):
+        assert np.all(per_user <= metrics.per_user_logloss(users, y, probs[:, k])[1] + 1e-12)

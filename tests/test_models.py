@@ -1,0 +1,115 @@
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from metaselector.models import ModelSettings, build_model
+from metaselector.models.checkpoint import load_checkpoint, save_checkpoint
+from metaselector.training.ftrl import FTRL
+from metaselector.training.pretrain import PretrainSettings, pretrain
+from metaselector.training.tensors import TensorData, predict
+
+NAMES = ["LR", "FM", "FFM", "DeepFM", "examples.wide_deep:WideDeep"]
+
+
+def _batch(data, n=64):
+    tensors = TensorData.from_encoded(data)
+    return tensors.batch(np.arange(n))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_is_functional(ml1m_fixture, name):
+    torch.manual_seed(0)
+    model = build_model(name, ml1m_fixture.layout, ModelSettings(hidden=[16, 16])).eval()
+    batch, _ = _batch(ml1m_fixture)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    logits = model(batch)
+    assert logits.shape == (64,)
+    same = functional_call(model, dict(model.named_parameters()), (batch,))
+    torch.testing.assert_close(logits, same)
+    shifted = {k: v + 0.05 for k, v in model.named_parameters()}
+    assert not torch.allclose(functional_call(model, shifted, (batch,)), logits)
+    for k, v in model.state_dict().items():  # forward changed no state
+        torch.testing.assert_close(v, before[k])
+
+
+def test_models_never_share_parameters(ml1m_fixture):
+    models = [build_model(n, ml1m_fixture.layout, ModelSettings(hidden=[8])) for n in NAMES[:4] * 2]
+    storages = [p.data_ptr() for m in models for p in m.parameters()]
+    assert len(storages) == len(set(storages))
+
+
+def test_ffm_matches_the_pairwise_definition(ml1m_fixture):
+    torch.manual_seed(1)
+    model = build_model("FFM", ml1m_fixture.layout, ModelSettings()).double()
+    with torch.no_grad():
+        model.embedding.normal_(0, 0.3)
+    batch, _ = _batch(ml1m_fixture, 5)
+    batch = type(batch)(batch.ids, batch.weights.double())
+    field_of_slot = ml1m_fixture.layout.field_of_slot()
+    expected = []
+    for n in range(5):
+        total = model.bias.item() + sum(model.linear[batch.ids[n, s], 0].item() * batch.weights[n, s].item()
+                                        for s in range(batch.ids.shape[1]))
+        for s, t in itertools.combinations(range(batch.ids.shape[1]), 2):
+            f, g = field_of_slot[s], field_of_slot[t]
+            if f == g:
+                continue  # pooled per field: pairs inside one multi-hot field are not crossed
+            vs = model.embedding[batch.ids[n, s], g] * batch.weights[n, s]
+            vt = model.embedding[batch.ids[n, t], f] * batch.weights[n, t]
+            total += float(vs @ vt)
+        expected.append(total)
+    torch.testing.assert_close(model(batch), torch.tensor(expected, dtype=torch.float64))
+
+
+def test_ftrl_matches_published_per_coordinate_update():
+    alpha, beta, l1, l2 = 0.1, 1.0, 0.05, 0.01
+    rng = np.random.default_rng(0)
+    grads = rng.normal(size=(20, 3))
+    param = torch.zeros(3, requires_grad=True)
+    opt = FTRL([param], alpha, beta, l1, l2)
+    z, n, w = [0.0] * 3, [0.0] * 3, [0.0] * 3
+    for g in grads:
+        param.grad = torch.tensor(g, dtype=torch.float32)
+        opt.step()
+        for i in range(3):  # McMahan et al. 2013, Algorithm 1
+            sigma = (math.sqrt(n[i] + g[i] ** 2) - math.sqrt(n[i])) / alpha
+            z[i] += g[i] - sigma * w[i]
+            n[i] += g[i] ** 2
+            shrunk = z[i] - math.copysign(l1, z[i])
+            w[i] = 0.0 if abs(z[i]) <= l1 else -shrunk / ((beta + math.sqrt(n[i])) / alpha + l2)
+        np.testing.assert_allclose(param.detach().numpy(), w, rtol=1e-5, atol=1e-7)
+
+
+def test_pretraining_learns_and_checkpoint_round_trips(ml1m_fixture, tmp_path):
+    tensors = TensorData.from_encoded(ml1m_fixture)
+    rows = np.arange(len(ml1m_fixture.labels))
+    torch.manual_seed(0)
+    model = build_model("FM", ml1m_fixture.layout, ModelSettings())
+    untrained = predict(model, tensors, rows)
+    result = pretrain(model, tensors, rows, PretrainSettings(epochs=4, batch_size=256), seed=0, progress=False)
+    trained = predict(model, tensors, rows)
+    from metaselector.evaluation.metrics import logloss
+    labels = ml1m_fixture.labels
+    assert logloss(labels, trained) < logloss(labels, untrained) - 0.01
+    assert result.best_epoch >= 1 and result.history
+    save_checkpoint(tmp_path / "fm.pt", "FM", model, result.optimizer_state)
+    loaded, optimizer_state = load_checkpoint(tmp_path / "fm.pt")
+    np.testing.assert_allclose(predict(loaded, tensors, rows), trained)
+    assert optimizer_state["state"]
+
+
+def test_bad_checkpoint_is_a_clear_error(tmp_path):
+    from metaselector.errors import InputError
+    (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="x.pt"):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_unknown_model_name(ml1m_fixture):
+    from metaselector.errors import ConfigError
+    with pytest.raises(ConfigError, match="unknown model"):
+        build_model("XGBoost", ml1m_fixture.layout, ModelSettings())
