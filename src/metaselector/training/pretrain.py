@@ -59,6 +59,29 @@ def embedding_penalty(model: BaseModel, ids: torch.Tensor) -> torch.Tensor:
     return total / ids.shape[0]
 
 
+def train_epoch(model: BaseModel, optimizer: torch.optim.Optimizer, data: TensorData, rows: np.ndarray,
+                settings: PretrainSettings, generator: torch.Generator, device: torch.device | str = "cpu",
+                progress: bool = False, desc: str = "") -> float:
+    """One pass over `rows` in shuffled mini-batches; returns the running training loss."""
+    model.train()
+    order = torch.as_tensor(rows)[torch.randperm(len(rows), generator=generator)]
+    bar = tqdm(range(0, len(order), settings.batch_size), desc=desc, disable=not progress, leave=False,
+               mininterval=0.5)
+    running = 0.0
+    for step, start in enumerate(bar, start=1):
+        batch, labels = data.batch(order[start:start + settings.batch_size], device)
+        loss = F.binary_cross_entropy_with_logits(model(batch), labels)
+        objective = loss + settings.l2_embedding * embedding_penalty(model, batch.ids) \
+            if settings.l2_embedding else loss
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        optimizer.step()
+        running += (loss.item() - running) / min(step, 50)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{running:.4f}")
+    return running
+
+
 def pretrain(
     model: BaseModel,
     data: TensorData,
@@ -80,22 +103,8 @@ def pretrain(
     history = []
     valid_labels = data.labels[valid_rows].numpy()
     for epoch in range(1, settings.epochs + 1):
-        model.train()
-        order = torch.as_tensor(train_rows)[torch.randperm(len(train_rows), generator=generator)]
-        bar = tqdm(range(0, len(order), settings.batch_size), desc=f"{desc} epoch {epoch}",
-                   disable=not progress, leave=False, mininterval=0.5)
-        running = 0.0
-        for step, start in enumerate(bar, start=1):
-            batch, labels = data.batch(order[start:start + settings.batch_size], device)
-            loss = F.binary_cross_entropy_with_logits(model(batch), labels)
-            objective = loss + settings.l2_embedding * embedding_penalty(model, batch.ids) \
-                if settings.l2_embedding else loss
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            optimizer.step()
-            running += (loss.item() - running) / min(step, 50)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{running:.4f}")
+        running = train_epoch(model, optimizer, data, train_rows, settings, generator, device,
+                              progress, f"{desc} epoch {epoch}")
         valid_loss = logloss(valid_labels, predict(model, data, valid_rows, device=device))
         history.append({"epoch": epoch, "train_loss": running, "valid_logloss": valid_loss})
         if valid_loss < best_loss - 1e-5:
