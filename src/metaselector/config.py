@@ -66,6 +66,12 @@ class RunConfig:
     # Which training data MetaSelector's base models are pretrained on: "support" keeps the
     # query sets out-of-sample for the selector; "train" uses all training data.
     meta_pretrain_on: str = "support"
+    # With meta_pretrain_on = "support": at test time, every selector (MetaSelector, Simplified,
+    # sample-level, per-user adaptation) is applied to the base models pretrained on all training
+    # rows, carrying over the change meta-training made to theta (stacking's usual refit).
+    refit_base_models: bool = True
+    # Cap on episodes per meta-training epoch (0: every meta-training user once per epoch).
+    meta_max_episodes: int = 0
     # MetaSelector (paper 5.3).
     selector_hidden: list[int] = field(default_factory=lambda: [200, 200, 200])
     selector_uses_predictions: bool = False
@@ -74,8 +80,8 @@ class RunConfig:
     inner_lr: float = 0.001  # Meta-SGD alpha initial value
     outer_lr: float = 0.0001  # beta = alpha / 10
     selector_outer_lr: float = 0.001
-    meta_epochs: int = 30
-    meta_patience: int = 3
+    meta_epochs: int = 8
+    meta_patience: int = 2
     first_order: bool = False
     meta_validation_users: float = 0.1
     # Sample-level selector (paper 5.2).

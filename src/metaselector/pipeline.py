@@ -99,7 +99,7 @@ def meta_settings(config: RunConfig) -> MetaSettings:
     return MetaSettings(
         users_per_episode=config.users_per_episode, inner_steps=config.inner_steps, inner_lr=config.inner_lr,
         outer_lr=config.outer_lr, selector_outer_lr=config.selector_outer_lr, epochs=config.meta_epochs,
-        patience=config.meta_patience, first_order=config.first_order,
+        patience=config.meta_patience, first_order=config.first_order, max_episodes=config.meta_max_episodes,
     )
 
 
@@ -160,7 +160,10 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
         shares = np.bincount(best, minlength=len(singles)) / len(best)
         result.user_proportions = {name: float(shares[k]) for k, name in enumerate(singles)}
 
-    # The support-pretrained models' probabilities for every row (frozen-model methods).
+    # Selectors learn on support-pretrained models; with `refit` they are applied at test time
+    # to the models pretrained on all training rows (the single-model rows' models).
+    refit = config.refit_base_models and config.meta_pretrain_on == "support"
+    result.notes["refit_base_models"] = refit
     all_rows = np.arange(len(data.labels))
     with timer("sample-level selector"):
         # The paper's protocol: models on 75% (support), classifier on the other 25% (query).
@@ -174,8 +177,12 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
         result.notes["sample_level"] = fit_sample_selector(
             sample_selector, tensors, split.query, base_all, config.sample_selector_epochs, config.adam_lr,
             config.batch_size, seed, progress)
+        test_base = base_all
+        if refit:
+            test_base = base_all.clone()
+            test_base[test] = torch.as_tensor(single_test)
         _evaluate(result.rows, "Sample-level Selector", users, labels,
-                  predict_sample_selector(sample_selector, tensors, test, base_all))
+                  predict_sample_selector(sample_selector, tensors, test, test_base))
 
     all_tasks = tasks_for(data.users, split.support, split.query)
     rng = np.random.default_rng(seed + 7)
@@ -195,6 +202,8 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
             history = learner.fit(tensors, train_tasks, valid_tasks, seed=seed, progress=progress, desc=name)
         result.notes[name] = {"best_epoch": history.best_epoch, "validation_logloss": history.best_validation,
                               "epochs": history.epochs}
+        if refit:
+            learner.transfer_base_models(models, {k: singles[k] for k in models})
         with timer(f"{name} meta-testing"):
             p = np.concatenate(learner.predict(tensors, test_tasks, test_rows, progress=progress))
         _evaluate(result.rows, name, t_users, t_labels, p)
@@ -219,6 +228,8 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
             base_meta, config.selector_outer_lr, device)
         history = simple.fit(tensors, train_tasks, valid_tasks, config.users_per_episode, config.meta_epochs,
                              config.meta_patience, seed, progress)
+        if refit:
+            simple.base = torch.as_tensor(_probabilities(singles, tensors, all_rows, device)).float()
         result.notes["MetaSelector-Simplified"] = {"best_epoch": history.best_epoch,
                                                    "validation_logloss": history.best_validation}
         p = np.concatenate(simple.predict(tensors, test_tasks, test_rows))

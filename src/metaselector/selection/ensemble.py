@@ -44,6 +44,13 @@ class Ensemble(nn.Module):
         weights = functional_call(self.selector, own, (batch, stacked))
         return mix(weights, stacked)
 
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Probabilities [N] with the module's own parameters (ordinary, non-functional call)."""
+        stacked = torch.stack([torch.sigmoid(m(batch)) for m in self.models.values()], dim=-1)
+        if self.selector is None:
+            return stacked[:, 0]
+        return mix(self.selector(batch, stacked), stacked)
+
     def loss(self, params: dict[str, torch.Tensor], batch: Batch, labels: torch.Tensor) -> torch.Tensor:
         p = self.probabilities(params, batch).clamp(EPS, 1 - EPS)
         return F.binary_cross_entropy(p, labels)

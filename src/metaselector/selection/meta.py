@@ -49,6 +49,7 @@ class MetaSettings:
     patience: int = 3
     first_order: bool = False
     learn_inner_lr: bool = True
+    max_episodes: int = 0  # per epoch; 0 = every training user once
 
 
 @dataclass
@@ -196,6 +197,15 @@ class MetaLearner:
         labels = np.concatenate([data.labels[t.query].numpy() for t in tasks])
         return logloss(labels, np.concatenate(predictions))
 
+    @torch.no_grad()
+    def transfer_base_models(self, before: dict, after: dict) -> None:
+        """theta += (after - before) per base model: move the meta-learned change of theta onto
+        other pretrained weights of the same models (e.g. refit on all training rows)."""
+        for name, old in before.items():
+            new = dict(after[name].named_parameters())
+            for pname, value in old.named_parameters():
+                self.params[f"models.{name}.{pname}"].add_(new[pname].to(value.device) - value)
+
     # ---- the outer loop -------------------------------------------------------------
     def state(self) -> dict:
         return {"params": {n: p.detach().clone() for n, p in self.params.items()},
@@ -220,6 +230,8 @@ class MetaLearner:
         m = self.settings.users_per_episode
         for epoch in range(1, self.settings.epochs + 1):
             order = rng.permutation(len(train_tasks))
+            if self.settings.max_episodes:
+                order = order[:self.settings.max_episodes * m]
             losses = []
             bar = tqdm(range(0, len(order), m), desc=f"{desc} epoch {epoch}", disable=not progress,
                        leave=False, mininterval=0.5)
