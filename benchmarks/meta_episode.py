@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metaselector.data.features import Field, FeatureLayout  # noqa: E402
-from metaselector.models import Batch, ModelSettings, build_model  # noqa: E402
+from metaselector.data.features import FeatureLayout, Field  # noqa: E402
+from metaselector.models import ModelSettings, build_model  # noqa: E402
 from metaselector.selection.ensemble import Ensemble  # noqa: E402
 from metaselector.selection.meta import MetaLearner, MetaSettings, UserTask  # noqa: E402
 from metaselector.selection.selector import Selector  # noqa: E402

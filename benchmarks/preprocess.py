@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-
 CHILD = """
 import resource, sys
 from metaselector.cli import main
