@@ -169,3 +169,20 @@ def test_reproduce_runs_on_every_format_fixture(tmp_path):
         config = replace(RunConfig(dataset=name), **TINY, ablations=False)
         summary = reproduce(config, data, tmp_path / name, progress=False, log=lambda m: None)
         assert np.isfinite(summary["rows"]["MetaSelector"]["auc"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sparse_meta_step_on_cuda_matches_cpu(ml1m_fixture):
+    tensors, tasks = _episode(ml1m_fixture)
+    cpu, cpu_loss = _sparse_grads(_learner(ml1m_fixture), tensors, tasks)
+    learner = _learner(ml1m_fixture)
+    learner.ensemble.cuda()
+    learner.__init__(learner.ensemble, learner.settings, "cuda")
+    with torch.no_grad():
+        for n, a in learner.alpha.items():
+            a.copy_(_learner(ml1m_fixture).alpha[n])
+    learner.device = torch.device("cuda")
+    gpu, gpu_loss = _sparse_grads(learner, tensors, tasks)
+    assert gpu_loss == pytest.approx(cpu_loss, rel=1e-9)
+    for name, value in cpu.items():
+        torch.testing.assert_close(gpu[name].cpu(), value, rtol=1e-7, atol=1e-10)

@@ -35,13 +35,14 @@ class SimplifiedSelector:
                                         torch.as_tensor([len(r) for r in support_rows]))
         batch, _ = data.batch(rows, self.device)
         weights = self.selector(batch, self.base[rows].to(self.device))
+        owner = owner.to(weights.device)
         sums = torch.zeros(len(support_rows), weights.shape[1], device=weights.device).index_add(0, owner, weights)
         return sums / torch.bincount(owner, minlength=len(support_rows)).clamp(min=1)[:, None]
 
     def _loss(self, data: TensorData, tasks: list[UserTask], eval_rows: list[np.ndarray]) -> torch.Tensor:
         lam = self._user_weights(data, [t.support for t in tasks])
         rows = np.concatenate(eval_rows)
-        owner = np.repeat(np.arange(len(tasks)), [len(r) for r in eval_rows])
+        owner = torch.as_tensor(np.repeat(np.arange(len(tasks)), [len(r) for r in eval_rows]), device=lam.device)
         p = (lam[owner] * self.base[rows].to(self.device)).sum(dim=1).clamp(EPS, 1 - EPS)
         return F.binary_cross_entropy(p, data.labels[rows].to(self.device))
 
