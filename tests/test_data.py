@@ -195,3 +195,15 @@ def test_synth_writes_publisher_formats(tmp_path):
     data = load_dataset("movielens-1m", tmp_path / "s", use_cache=False, log=lambda m: None)
     assert data.statistics()["users"] == 25
     assert np.bincount(data.users).min() >= 20
+
+
+def test_shipped_files_match_published_checksums(tmp_path):
+    from metaselector.data.loading import verify_builtin
+    from metaselector.data.registry import builtin_ml_latest_small
+
+    verify_builtin(builtin_ml_latest_small())
+    shutil.copytree(builtin_ml_latest_small(), tmp_path / "copy")
+    with open(tmp_path / "copy" / "ratings.csv", "a") as handle:
+        handle.write("1,1,4.0,964982703\n")
+    with pytest.raises(InputError, match="ratings.csv: sha256"):
+        verify_builtin(tmp_path / "copy")

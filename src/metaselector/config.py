@@ -74,7 +74,7 @@ class RunConfig:
     meta_max_episodes: int = 0
     # MetaSelector (paper 5.3).
     selector_hidden: list[int] = field(default_factory=lambda: [200, 200, 200])
-    selector_uses_predictions: bool = False
+    selector_uses_predictions: bool = True  # chosen by held-out users' query LogLoss
     users_per_episode: int = 10
     inner_steps: int = 1
     inner_lr: float = 0.001  # Meta-SGD alpha initial value

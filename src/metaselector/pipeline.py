@@ -1,14 +1,21 @@
 """`metaselector reproduce`: every row of Table 3, Table 1 and Figure 3, for N seeds.
 
-Training data of each method (identical test rows for all):
-  single models            all training rows (support + query), minus a validation slice
-  sample-level selector    base models on the support rows (75%), classifier on query rows
-  MetaSelector, Simplified, per-user adaptation
-                           base models pretrained on `meta_pretrain_on` rows, then
-                           episodes on support/query of the meta-training users, early
-                           stopping on held-out training users' query rows; at test time
-                           each user adapts on all their training rows
-  oracles                  pick with the test labels (upper bounds, not methods)
+What each method trains on (all are judged on the same test rows):
+  single models            all training rows (support + query), less a 10% validation slice
+                           for early stopping
+  sample-level selector    base models pretrained on the support rows (75% of training, as
+                           the paper); the classifier learns on the query rows (25%)
+  MetaSelector, MetaSelector-Simplified, "<model> + per-user adaptation"
+                           base models pretrained on `meta_pretrain_on` rows (default: support,
+                           so the query losses the selector learns from are out-of-sample);
+                           episodes on the support/query parts of the meta-training users;
+                           early stopping on the query LogLoss of held-out training users
+  refit (default on)       at test time every selector, the sample-level one included, is
+                           applied to the base models pretrained on all training rows (those of
+                           the single-model rows), carrying over the change meta-training made
+                           to theta; each test user adapts on all their training rows
+  oracles                  choose with the test labels: upper bounds over the single models,
+                           not methods
 """
 
 from __future__ import annotations
@@ -135,6 +142,8 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
                                new_users=config.new_users)
     result.notes["split"] = {k: int(len(v)) for k, v in split.parts().items()}
     result.notes["dropped_users"] = split.dropped_users
+    if split.dropped_users:
+        log(f"dropped {split.dropped_users} users with fewer than 4 samples ({split.dropped_samples} samples)")
     test, labels, users = split.test, data.labels[split.test], data.users[split.test]
     checkpoints = out_dir / "checkpoints" / f"seed{seed}" if out_dir else None
 

@@ -14,7 +14,7 @@ from ..errors import InputError
 from ..io_utils import atomic_write, cache_home, sha256_of
 from .download import download_dataset
 from .features import FEATURE_SPECS, EncodedDataset, FeatureLayout, FeatureSpec, custom_feature_spec, encode
-from .registry import builtin_ml_latest_small, dataset_info
+from .registry import ML_LATEST_SMALL_SHA256, builtin_ml_latest_small, dataset_info
 from .sources import (
     CustomSpec,
     RawData,
@@ -81,8 +81,6 @@ def locate(name: str, data_dir: Path | None, mirror: str | None = None,
 
 
 def verify_builtin(folder: Path) -> None:
-    from .registry import ML_LATEST_SMALL_SHA256
-
     for filename in ("ratings.csv", "movies.csv"):
         actual = sha256_of(folder / filename)
         if actual != ML_LATEST_SMALL_SHA256[filename]:
@@ -123,6 +121,8 @@ def load_dataset(
 ) -> EncodedDataset:
     """Parse and encode a dataset, reusing the cached encoding when inputs are unchanged."""
     folder = None if name == "custom" else locate(name, data_dir, mirror, log)
+    if name == "ml-latest-small" and data_dir is None:
+        verify_builtin(folder)  # the shipped files must be the published 2018 release
     if spec is None:
         spec = (custom_feature_spec(custom.categorical, custom.multi_hot) if name == "custom" and custom
                 else FEATURE_SPECS.get(name))
