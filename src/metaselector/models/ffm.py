@@ -24,12 +24,12 @@ class FFM(BaseModel):
         self.linear = self.table(layout.num_features, (1,))
         self.embedding = self.table(layout.num_features, (fields, settings.embedding_dim))
         self.bias = nn.Parameter(torch.zeros(()))
-        self.register_buffer("upper", torch.triu(torch.ones(fields, fields, dtype=torch.bool), 1),
-                             persistent=False)
+        # Index pairs (f, g) with f < g; integer indexing keeps the op vmap-able.
+        self.register_buffer("pairs", torch.triu_indices(fields, fields, 1), persistent=False)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         rows = self.embedding[batch.ids]  # [N, S, F, k]
         pooled = torch.einsum("ns,nsgk,sf->nfgk", batch.weights, rows, self.field_pool)
         pairs = (pooled * pooled.transpose(1, 2)).sum(dim=-1)  # [N, F, F], symmetric
-        interaction = pairs[:, self.upper].sum(dim=1)
+        interaction = pairs[:, self.pairs[0], self.pairs[1]].sum(dim=1)
         return linear_term(self.linear, self.bias, batch) + interaction
