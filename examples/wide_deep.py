@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from metaselector.models import BaseModel, Batch
-from metaselector.models.base import linear_term, weighted_rows
+from metaselector.models.base import linear_term, pool_fields, weighted_rows
 from metaselector.models.deepfm import mlp
 
 
@@ -23,5 +23,5 @@ class WideDeep(BaseModel):
         self.deep = mlp(layout.num_fields * settings.embedding_dim, settings.hidden, settings.dropout, 1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        per_field = torch.einsum("nsk,sf->nfk", weighted_rows(self.embedding, batch), self.field_pool)
+        per_field = pool_fields(weighted_rows(self.embedding, batch), self.field_pool)
         return linear_term(self.linear, self.bias, batch) + self.deep(per_field.flatten(1)).squeeze(-1)

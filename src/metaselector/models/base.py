@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data.features import FeatureLayout
@@ -95,15 +96,27 @@ def build_model(name: str, layout: FeatureLayout, settings: ModelSettings) -> Ba
     return resolve_model(name)(layout, settings)
 
 
+def gather_rows(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """table[ids] for a table of any width, through F.embedding on a 2-D view: its backward
+    (and double backward) is markedly faster than advanced indexing's on CPU."""
+    flat = F.embedding(ids, table.reshape(table.shape[0], -1))
+    return flat.view(*ids.shape, *table.shape[1:])
+
+
 def weighted_rows(table: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Rows of `table` for every slot, scaled by the slot weights: [N, S, *width]."""
-    rows = table[batch.ids]
+    rows = gather_rows(table, batch.ids)
     scale = batch.weights.reshape(*batch.weights.shape, *([1] * (rows.dim() - 2)))
     return rows * scale
 
 
+def pool_fields(per_slot: torch.Tensor, field_pool: torch.Tensor) -> torch.Tensor:
+    """Sum slot vectors [N, S, d] into their fields: [N, F, d] (one batched matmul)."""
+    return torch.matmul(field_pool.t(), per_slot)
+
+
 def linear_term(linear: torch.Tensor, bias: torch.Tensor, batch: Batch) -> torch.Tensor:
-    return (linear[batch.ids, 0] * batch.weights).sum(dim=1) + bias
+    return (F.embedding(batch.ids, linear).squeeze(-1) * batch.weights).sum(dim=1) + bias
 
 
 def fm_interaction(embedded: torch.Tensor) -> torch.Tensor:

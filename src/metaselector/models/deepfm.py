@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import BaseModel, Batch, fm_interaction, linear_term, register_model, weighted_rows
+from .base import BaseModel, Batch, fm_interaction, linear_term, pool_fields, register_model, weighted_rows
 
 
 def mlp(inputs: int, hidden: list[int], dropout: float, outputs: int) -> nn.Sequential:
@@ -31,6 +31,6 @@ class DeepFM(BaseModel):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         embedded = weighted_rows(self.embedding, batch)  # [N, S, k]
-        per_field = torch.einsum("nsk,sf->nfk", embedded, self.field_pool).flatten(1)
+        per_field = pool_fields(embedded, self.field_pool).flatten(1)
         deep = self.deep(per_field).squeeze(-1)
         return linear_term(self.linear, self.bias, batch) + fm_interaction(embedded) + deep

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models.base import BaseModel, Batch, ModelSettings, weighted_rows
+from ..models.base import BaseModel, Batch, ModelSettings, pool_fields, weighted_rows
 from ..models.deepfm import mlp
 
 
@@ -29,7 +29,7 @@ class Selector(BaseModel):
     def scores(self, batch: Batch, predictions: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised selection scores [N, K]."""
         embedded = weighted_rows(self.embedding, batch)
-        features = torch.einsum("nsk,sf->nfk", embedded, self.field_pool).flatten(1)
+        features = pool_fields(embedded, self.field_pool).flatten(1)
         if self.uses_predictions:
             features = torch.cat([features, predictions], dim=1)
         return self.deep(features)
