@@ -80,6 +80,7 @@ class RunConfig:
     inner_lr: float = 0.001  # Meta-SGD alpha initial value
     outer_lr: float = 0.0001  # beta = alpha / 10
     selector_outer_lr: float = 0.001
+    alpha_outer_lr: float = 0.0  # 0: the same as outer_lr
     meta_epochs: int = 8
     meta_patience: int = 2
     first_order: bool = False

@@ -105,7 +105,8 @@ def pretrain_settings(config: RunConfig) -> PretrainSettings:
 def meta_settings(config: RunConfig) -> MetaSettings:
     return MetaSettings(
         users_per_episode=config.users_per_episode, inner_steps=config.inner_steps, inner_lr=config.inner_lr,
-        outer_lr=config.outer_lr, selector_outer_lr=config.selector_outer_lr, epochs=config.meta_epochs,
+        outer_lr=config.outer_lr, selector_outer_lr=config.selector_outer_lr, alpha_outer_lr=config.alpha_outer_lr,
+        epochs=config.meta_epochs,
         patience=config.meta_patience, first_order=config.first_order, max_episodes=config.meta_max_episodes,
     )
 

@@ -45,6 +45,7 @@ class MetaSettings:
     inner_lr: float = 0.001
     outer_lr: float = 0.0001
     selector_outer_lr: float = 0.001
+    alpha_outer_lr: float = 0.0  # 0: the same as outer_lr (paper eq. 5 uses one beta)
     epochs: int = 30
     patience: int = 3
     first_order: bool = False
@@ -89,8 +90,9 @@ class MetaLearner:
             {"params": [self.params[n] for n in self.tables if n.startswith("selector.")], "lr": s.selector_outer_lr},
         ]
         if s.learn_inner_lr:
-            groups.append({"params": [self.alpha[n] for n in self.dense], "lr": s.outer_lr})
-            sparse_groups.append({"params": [self.alpha[n] for n in self.tables], "lr": s.outer_lr})
+            alpha_lr = s.alpha_outer_lr or s.outer_lr
+            groups.append({"params": [self.alpha[n] for n in self.dense], "lr": alpha_lr})
+            sparse_groups.append({"params": [self.alpha[n] for n in self.tables], "lr": alpha_lr})
         self.dense_optimizer = torch.optim.Adam([g for g in groups if g["params"]])
         self.sparse_optimizer = torch.optim.SparseAdam([g for g in sparse_groups if g["params"]])
 
