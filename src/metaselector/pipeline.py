@@ -20,6 +20,7 @@ What each method trains on (all are judged on the same test rows):
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class SeedResult:
     user_losses: dict[str, np.ndarray] = field(default_factory=dict)
     user_proportions: dict[str, float] = field(default_factory=dict)
     stages: dict[str, float] = field(default_factory=dict)
+    peaks: dict[str, float] = field(default_factory=dict)
     notes: dict[str, object] = field(default_factory=dict)
 
 
@@ -69,8 +71,8 @@ def tasks_for(users: np.ndarray, support: np.ndarray, query: np.ndarray) -> list
 
 
 class Timer:
-    def __init__(self, stages: dict[str, float], log: Callable[[str], None]) -> None:
-        self.stages, self.log = stages, log
+    def __init__(self, stages: dict[str, float], peaks: dict[str, float], log: Callable[[str], None]) -> None:
+        self.stages, self.peaks, self.log = stages, peaks, log
 
     def __call__(self, name: str):
         timer = self
@@ -83,7 +85,11 @@ class Timer:
             def __exit__(self, *exc):
                 elapsed = time.perf_counter() - self.start
                 timer.stages[name] = timer.stages.get(name, 0.0) + elapsed
-                timer.log(f"[{name}] {elapsed:.1f} s")
+                # The process's peak resident memory so far (Linux reports KiB): where it grows
+                # is the stage that needed it.
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                timer.peaks[name] = max(timer.peaks.get(name, 0.0), peak)
+                timer.log(f"[{name}] {elapsed:.1f} s, peak memory so far {peak:.0f} MB")
 
         return _Stage()
 
@@ -135,7 +141,7 @@ def _evaluate(rows_out: dict, name: str, users, labels, probabilities) -> None:
 def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path | None,
              progress: bool = True, log: Callable[[str], None] = print) -> SeedResult:
     result = SeedResult(seed)
-    timer = Timer(result.stages, log)
+    timer = Timer(result.stages, result.peaks, log)
     device = torch.device(config.device)
     torch.manual_seed(seed)
     tensors = TensorData.from_encoded(data)
@@ -286,8 +292,10 @@ def reproduce(config: RunConfig, data: EncodedDataset, out_dir: Path, progress: 
     for r in results:
         for k, v in r.stages.items():
             stages[k] = stages.get(k, 0.0) + v
+    peaks = {k: max(r.peaks.get(k, 0.0) for r in results) for k in stages}
     wall = time.perf_counter() - start
+    stage_table = {k: (v, peaks[k]) for k, v in stages.items()}
     write_report(out_dir, data.name, data.statistics(), rows, new_rows, proportions, paired,
-                 list(range(config.seeds)), stages, wall, config.to_toml(), figures, __doc__ or "",
+                 list(range(config.seeds)), stage_table, wall, config.to_toml(), figures, __doc__ or "",
                  {f"seed {r.seed}": r.notes for r in results})
-    return {"rows": rows, "wall_seconds": wall, "stages": stages}
+    return {"rows": rows, "wall_seconds": wall, "stages": stages, "peaks_mb": peaks}

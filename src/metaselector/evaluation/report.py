@@ -129,8 +129,9 @@ def write_report(out_dir: Path, dataset: str, statistics: dict, rows: dict, new_
                   f"MetaSelector lower for {paired['users_better']} users, p = {paired['p_value']:.3g}."]
     parts += ["## Figure 3: per-user test LogLoss", *[f"![{f}]({f})" for f in figures],
               "## Protocol: what each method trained on", protocol,
-              "## Time per stage (seconds, summed over seeds)",
-              "\n".join(f"- {k}: {v:.1f}" for k, v in stages.items()),
+              "## Time per stage (seconds, summed over seeds) and the process's peak memory so far",
+              "| stage | seconds | peak MB |\n|---|---|---|\n"
+              + "\n".join(f"| {k} | {v:.1f} | {peak:.0f} |" for k, (v, peak) in stages.items()),
               "## Training notes", "```json\n" + json.dumps(notes, indent=1, default=str)[:20000] + "\n```",
               "## Resolved configuration", "```toml\n" + config_toml + "```"]
     atomic_write_text(out_dir / "report.md", "\n\n".join(parts) + "\n")
