@@ -146,7 +146,10 @@ def worker(impl: str, vocab: str, episodes: int, threads: int) -> None:
     layout, tensors, tasks = make_episode(vocab)
     times = {"ours": run_ours, "dense": run_dense, "higher": run_higher}[impl](layout, tensors, tasks, vocab, episodes)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"ms": [t * 1000 for t in times], "peak_mb": peak_mb}))
+    # What the model, its Meta-SGD rates and the optimizer state hold, whatever the implementation:
+    # parameters x 2 (theta, alpha) x 3 (value, Adam's two moments), float32.
+    held_mb = sum(p.numel() for p in build(layout, vocab).parameters()) * 4 * 2 * 3 / 2**20
+    print(json.dumps({"ms": [t * 1000 for t in times], "peak_mb": peak_mb, "held_mb": held_mb}))
 
 
 def main() -> None:
@@ -167,6 +170,7 @@ def main() -> None:
     for vocab in vocabs:
         samples: dict[str, list[float]] = {i: [] for i in impls}
         peaks: dict[str, list[float]] = {i: [] for i in impls}
+        held = 0.0
         for _ in range(args.rounds):  # alternate implementations, a fresh process each
             for impl in impls:
                 out = subprocess.run([sys.executable, __file__, "--worker", impl, vocab, "--episodes",
@@ -175,7 +179,8 @@ def main() -> None:
                 data = json.loads(out.stdout.strip().splitlines()[-1])
                 samples[impl] += data["ms"]
                 peaks[impl].append(data["peak_mb"])
-        row = {}
+                held = data["held_mb"]
+        row = {"parameters_and_optimizer_mb": held}
         for impl in impls:
             row[f"{impl}_ms"] = statistics.median(samples[impl])
             row[f"{impl}_peak_mb"] = statistics.median(peaks[impl])
@@ -188,6 +193,7 @@ def main() -> None:
             print(f"{vocab} ({args.threads} threads, median of {args.rounds} processes x {args.episodes} episodes):")
             for impl in impls:
                 print(f"  {impl:<7} {row[f'{impl}_ms']:>10.1f} ms/episode   peak {row[f'{impl}_peak_mb']:>8.0f} MB")
+            print(f"  (parameters, Meta-SGD rates and Adam moments alone: {held:.0f} MB in every implementation)")
     if args.json:
         print(json.dumps(result))
 

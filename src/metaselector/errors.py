@@ -24,3 +24,7 @@ class DownloadError(MetaSelectorError):
 
 class ConfigError(MetaSelectorError):
     """A configuration file or option is invalid."""
+
+
+class IncompleteDownload(DownloadError):
+    """The connection dropped mid-file; the partial file is kept for the next run to resume."""

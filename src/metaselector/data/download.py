@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..errors import ChecksumError, DownloadError
+from ..errors import ChecksumError, DownloadError, IncompleteDownload
 from .registry import DatasetInfo, RemoteFile
 
 CHUNK = 1 << 16
@@ -73,12 +73,12 @@ def _fetch(url: str, part: Path, timeout: float, progress: bool) -> None:
                     handle.write(chunk)
                     bar.update(len(chunk))
             except (http.client.IncompleteRead, OSError) as err:
-                raise DownloadError(
+                raise IncompleteDownload(
                     f"{url}: connection lost after {handle.tell()} bytes ({err.__class__.__name__});"
                     " run the same command again to resume"
                 ) from None
         if total is not None and part.stat().st_size < total:
-            raise DownloadError(
+            raise IncompleteDownload(
                 f"{url}: got {part.stat().st_size} of {total} bytes;"
                 " run the same command again to resume"
             )
@@ -104,10 +104,10 @@ def download_file(
         try:
             _fetch(url, part, timeout, progress)
             break
+        except IncompleteDownload:
+            raise  # keep the partial file: the next run resumes it from the same source
         except DownloadError as err:
             errors.append(str(err))
-            if part.exists() and "resume" in str(err):
-                raise  # keep the partial file: the user resumes from the same source
     else:
         raise DownloadError("; ".join(errors))
     try:

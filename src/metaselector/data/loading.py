@@ -51,8 +51,10 @@ def locate(name: str, data_dir: Path | None, mirror: str | None = None,
     """The folder that holds the dataset's raw files, downloading them if needed."""
     info = dataset_info(name)
     if name == "ml-latest-small":
-        return Path(data_dir) / "ml-latest-small" if data_dir and (Path(data_dir) / "ml-latest-small").is_dir() \
-            else (Path(data_dir) if data_dir else builtin_ml_latest_small())
+        if data_dir is None:
+            return builtin_ml_latest_small()
+        nested = Path(data_dir) / "ml-latest-small"  # the archive's folder, or the files themselves
+        return nested if nested.is_dir() else Path(data_dir)
     if name in _ARCHIVES:
         folder_name, archive_name = _ARCHIVES[name]
         if data_dir is not None:
