@@ -297,5 +297,5 @@ def reproduce(config: RunConfig, data: EncodedDataset, out_dir: Path, progress: 
     stage_table = {k: (v, peaks[k]) for k, v in stages.items()}
     write_report(out_dir, data.name, data.statistics(), rows, new_rows, proportions, paired,
                  list(range(config.seeds)), stage_table, wall, config.to_toml(), figures, __doc__ or "",
-                 {f"seed {r.seed}": r.notes for r in results})
+                 {f"seed {r.seed}": r.notes for r in results}, per_seed={r.seed: r.rows for r in results})
     return {"rows": rows, "wall_seconds": wall, "stages": stages, "peaks_mb": peaks}

@@ -89,7 +89,8 @@ def _table(rows: dict, with_std: bool) -> str:
 
 def write_report(out_dir: Path, dataset: str, statistics: dict, rows: dict, new_user_rows: dict | None,
                  user_proportions: dict, paired: dict | None, seeds: list[int], stages: dict,
-                 wall_seconds: float, config_toml: str, figures: list[str], protocol: str, notes: dict) -> None:
+                 wall_seconds: float, config_toml: str, figures: list[str], protocol: str, notes: dict,
+                 per_seed: dict[int, dict] | None = None) -> None:
     results = {
         "dataset": dataset,
         "statistics": {k: statistics[k] for k in ("users", "items", "samples", "features")},
@@ -115,6 +116,12 @@ def write_report(out_dir: Path, dataset: str, statistics: dict, rows: dict, new_
         "with the test labels: they are upper bounds, not methods.",
         _table(rows, len(seeds) > 1),
     ]
+    if per_seed and len(per_seed) > 1:
+        header = "| Model | " + " | ".join(f"seed {k} AUC" for k in per_seed) + " |"
+        lines = [header, "|---|" + "---|" * len(per_seed)]
+        for name in rows:
+            lines.append(f"| {name} | " + " | ".join(f"{r[name]['auc']:.4f}" for r in per_seed.values()) + " |")
+        parts += ["### AUC of each seed", "\n".join(lines)]
     if new_user_rows:
         parts += ["## Table 3 for new users (never seen in training)",
                   "Single models know nothing of these users; MetaSelector adapts on their training part.",
