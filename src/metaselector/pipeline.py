@@ -39,7 +39,7 @@ from .selection import oracles
 from .selection.ensemble import Ensemble
 from .selection.meta import MetaLearner, MetaSettings, UserTask, clone_models
 from .selection.sample_level import fit_sample_selector, predict_sample_selector
-from .selection.selector import Selector
+from .selection.selector import Selector, global_mixture_logits, start_from_mixture
 from .selection.simplified import SimplifiedSelector
 from .training.pretrain import PretrainSettings, pretrain
 from .training.tensors import TensorData, predict
@@ -229,19 +229,29 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
             rows_new = np.concatenate([t.query for t in new_tasks])
             _evaluate(result.new_user_rows, name, data.users[rows_new], data.labels[rows_new], p_new)
 
-    torch.manual_seed(seed)
-    selector = Selector(data.layout, ModelSettings(config.embedding_dim, list(config.selector_hidden)),
-                        len(support_models), uses_predictions=config.selector_uses_predictions)
-    run_meta("MetaSelector", support_models, selector)
+    # Both user-level selectors start from the best global blend of the (support-pretrained) models,
+    # fitted on the meta-training users' query rows: out-of-sample for those models.
+    base_meta = base_all if config.meta_pretrain_on == "support" else torch.as_tensor(
+        _probabilities(support_models, tensors, all_rows, device))
+    start_logits = None
+    if config.selector_start == "global-mixture":
+        query_rows = np.concatenate([t.query for t in train_tasks])
+        start_logits = global_mixture_logits(base_meta[query_rows], tensors.labels[query_rows])
+        result.notes["global_mixture"] = dict(zip(support_models, torch.softmax(start_logits, 0).tolist(),
+                                                  strict=True))
+
+    def new_selector() -> Selector:
+        torch.manual_seed(seed)
+        selector = Selector(data.layout, ModelSettings(config.embedding_dim, list(config.selector_hidden)),
+                            len(support_models), uses_predictions=config.selector_uses_predictions)
+        if start_logits is not None:
+            start_from_mixture(selector, start_logits)
+        return selector
+
+    run_meta("MetaSelector", support_models, new_selector())
 
     with timer("MetaSelector-Simplified"):
-        base_meta = base_all if config.meta_pretrain_on == "support" else torch.as_tensor(
-            _probabilities(support_models, tensors, all_rows, device))
-        torch.manual_seed(seed)
-        simple = SimplifiedSelector(
-            Selector(data.layout, ModelSettings(config.embedding_dim, list(config.selector_hidden)),
-                     len(support_models), uses_predictions=config.selector_uses_predictions),
-            base_meta, config.selector_outer_lr, device)
+        simple = SimplifiedSelector(new_selector(), base_meta, config.selector_outer_lr, device)
         history = simple.fit(tensors, train_tasks, valid_tasks, config.users_per_episode, config.meta_epochs,
                              config.meta_patience, seed, progress)
         if refit:

@@ -41,3 +41,26 @@ class Selector(BaseModel):
 def mix(weights: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
     """The lambda-weighted average of the base models' probabilities [N]."""
     return (weights * probabilities).sum(dim=-1)
+
+
+def global_mixture_logits(probabilities: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> torch.Tensor:
+    """The K logits of the one mixture (the same weights for every sample) that minimises the
+    LogLoss of sum_k softmax(b)_k p_k on held-out rows: the selector's starting point, so that
+    meta-training personalises a good global blend rather than the uniform one."""
+    logits = torch.zeros(probabilities.shape[1], dtype=torch.float64, requires_grad=True)
+    p, y = probabilities.double(), labels.double()
+    optimizer = torch.optim.LBFGS([logits], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy(mix(torch.softmax(logits, 0), p).clamp(1e-7, 1 - 1e-7), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return logits.detach().float()
+
+
+def start_from_mixture(selector: Selector, logits: torch.Tensor) -> None:
+    with torch.no_grad():
+        selector.deep[-1].bias.copy_(logits)
