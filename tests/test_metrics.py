@@ -51,3 +51,16 @@ def test_oracles_pick_the_true_minimum():
     per_user = metrics.per_user_logloss(users, y, oracles.perfect_user_level(probs, y, users))[1]
     for k in range(4):
         assert np.all(per_user <= metrics.per_user_logloss(users, y, probs[:, k])[1] + 1e-12)
+
+
+def test_global_mixture_prefers_the_better_model():
+    import torch
+
+    from metaselector.selection.selector import global_mixture_logits
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    good = np.clip(y * 0.8 + 0.1 + rng.normal(0, 0.05, 400), 0.01, 0.99)
+    noise = rng.random(400)
+    weights = torch.softmax(global_mixture_logits(torch.tensor(np.stack([noise, good], 1)), torch.tensor(y)), 0)
+    assert weights[1] > 0.9 and abs(float(weights.sum()) - 1) < 1e-6
