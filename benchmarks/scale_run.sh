@@ -6,5 +6,5 @@ like="$1"; work="${2:-/tmp/metaselector-scale}"
 marker=$([ "$like" = movielens-1m ] && echo ml-1m/ratings.dat || echo meta_Electronics.json.gz)
 [ -f "$work/$like/$marker" ] || metaselector synth --like "$like" --out "$work/$like"
 metaselector reproduce --dataset "$like" --data-dir "$work/$like" --config benchmarks/scale.toml \
-  --out "$work/run-$like" --threads 2 --quiet
+  --out "$work/run-$like" --threads 2
 grep -A 30 "Time per stage" "$work/run-$like/report.md"
