@@ -64,3 +64,13 @@ def test_global_mixture_prefers_the_better_model():
     noise = rng.random(400)
     weights = torch.softmax(global_mixture_logits(torch.tensor(np.stack([noise, good], 1)), torch.tensor(y)), 0)
     assert weights[1] > 0.9 and abs(float(weights.sum()) - 1) < 1e-6
+
+
+def test_gauc_matches_per_user_sklearn_with_ties():
+    rng = np.random.default_rng(3)
+    users = rng.integers(0, 40, 2000)
+    y = rng.integers(0, 2, 2000)
+    p = np.round(rng.random(2000), 1)  # many ties
+    expected = [roc_auc_score(y[users == u], p[users == u]) for u in np.unique(users)
+                if 0 < y[users == u].sum() < (users == u).sum()]
+    assert metrics.gauc(users, y, p) == pytest.approx(np.mean(expected), rel=1e-12)

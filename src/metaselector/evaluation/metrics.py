@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
 EPS = 1e-7
@@ -40,15 +41,24 @@ def per_user_logloss(users: np.ndarray, labels: np.ndarray, probabilities: np.nd
 
 
 def gauc(users: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """Mean of per-user AUCs over users whose test samples hold both labels (unweighted)."""
-    order = np.argsort(users, kind="stable")
-    users, labels, probabilities = users[order], labels[order], probabilities[order]
-    bounds = np.flatnonzero(np.diff(users)) + 1
-    values = []
-    for y, p in zip(np.split(labels, bounds), np.split(probabilities, bounds), strict=True):
-        if 0 < y.sum() < len(y):
-            values.append(roc_auc_score(y, p))
-    return float(np.mean(values)) if values else float("nan")
+    """Mean of per-user AUCs over users whose test samples hold both labels (unweighted).
+
+    Vectorised Mann-Whitney form: per user, (sum of the positives' tie-averaged ranks
+    - P(P+1)/2) / (P N). One grouped rank for all users instead of one roc_auc_score call per
+    user, which dominates evaluation time with hundreds of thousands of users.
+    """
+    frame = pd.DataFrame({"user": users, "score": probabilities})
+    ranks = frame.groupby("user")["score"].rank(method="average").to_numpy()
+    codes, inverse = np.unique(users, return_inverse=True)
+    positives = np.bincount(inverse, weights=labels, minlength=len(codes))
+    totals = np.bincount(inverse, minlength=len(codes))
+    negatives = totals - positives
+    rank_sum = np.bincount(inverse, weights=ranks * labels, minlength=len(codes))
+    both = (positives > 0) & (negatives > 0)
+    if not both.any():
+        return float("nan")
+    per_user = (rank_sum[both] - positives[both] * (positives[both] + 1) / 2) / (positives[both] * negatives[both])
+    return float(per_user.mean())
 
 
 def summary(users: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
