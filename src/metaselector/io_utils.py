@@ -42,14 +42,6 @@ def sha256_of(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def md5_of(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cache_home() -> Path:
     """`$METASELECTOR_HOME`, else the user's cache folder."""
     env = os.environ.get("METASELECTOR_HOME")
