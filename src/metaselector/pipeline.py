@@ -23,7 +23,7 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -100,12 +100,9 @@ def model_settings(config: RunConfig, name: str) -> ModelSettings:
 
 
 def pretrain_settings(config: RunConfig) -> PretrainSettings:
-    return PretrainSettings(
-        epochs=config.pretrain_epochs, batch_size=config.batch_size, patience=config.patience,
-        validation_fraction=config.validation_fraction, adam_lr=config.adam_lr,
-        l2_embedding=config.l2_embedding, ftrl_alpha=config.ftrl_alpha, ftrl_beta=config.ftrl_beta,
-        ftrl_l1=config.ftrl_l1, ftrl_l2=config.ftrl_l2,
-    )
+    """RunConfig holds the pretraining settings under the same names (epochs: pretrain_epochs)."""
+    shared = {f.name: getattr(config, f.name) for f in fields(PretrainSettings) if f.name != "epochs"}
+    return PretrainSettings(epochs=config.pretrain_epochs, **shared)
 
 
 def meta_settings(config: RunConfig) -> MetaSettings:
