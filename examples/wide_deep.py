@@ -9,7 +9,7 @@ from torch import nn
 
 from metaselector.models import BaseModel, Batch
 from metaselector.models.base import linear_term, pool_fields, weighted_rows
-from metaselector.models.deepfm import mlp
+from metaselector.models.layers import mlp
 
 
 class WideDeep(BaseModel):

@@ -64,11 +64,12 @@ class RunConfig:
     ftrl_l1: float = 0.0
     ftrl_l2: float = 1e-4
     # Which training data MetaSelector's base models are pretrained on: "support" keeps the
-    # query sets out-of-sample for the selector; "train" uses all training data.
+    # query sets out-of-sample for the selector (the single models are then these models
+    # trained on, warm, over all training rows); "train" uses all training data.
     meta_pretrain_on: str = "support"
     # With meta_pretrain_on = "support": at test time, every selector (MetaSelector, Simplified,
-    # sample-level, per-user adaptation) is applied to the base models pretrained on all training
-    # rows, carrying over the change meta-training made to theta (stacking's usual refit).
+    # sample-level, per-user adaptation) is applied to the single models (support models continued
+    # on all training rows), carrying over the change meta-training made to theta.
     refit_base_models: bool = True
     # Cap on episodes per meta-training epoch (0: every meta-training user once per epoch).
     meta_max_episodes: int = 0

@@ -1,8 +1,10 @@
 """`metaselector reproduce`: every row of Table 3, Table 1 and Figure 3, for N seeds.
 
 What each method trains on (all are judged on the same test rows):
-  single models            all training rows (support + query), less a 10% validation slice
-                           for early stopping
+  single models            all training rows (support + query), less a validation slice of
+                           the support rows for early stopping; with meta_pretrain_on =
+                           "support" (default) each is the support-row model below, trained
+                           on, warm, over all training rows
   sample-level selector    base models pretrained on the support rows (75% of training, as
                            the paper); the classifier learns on the query rows (25%)
   MetaSelector, MetaSelector-Simplified, "<model> + per-user adaptation"
@@ -11,9 +13,10 @@ What each method trains on (all are judged on the same test rows):
                            episodes on the support/query parts of the meta-training users;
                            early stopping on the query LogLoss of held-out training users
   refit (default on)       at test time every selector, the sample-level one included, is
-                           applied to the base models pretrained on all training rows (those of
-                           the single-model rows), carrying over the change meta-training made
-                           to theta; each test user adapts on all their training rows
+                           applied to the single-model rows' models (the support models
+                           continued on all training rows), carrying over the change
+                           meta-training made to theta; each test user adapts on all their
+                           training rows
   oracles                  choose with the test labels: upper bounds over the single models,
                            not methods
 """
@@ -114,17 +117,23 @@ def meta_settings(config: RunConfig) -> MetaSettings:
     )
 
 
-def _pretrain_set(config, data, tensors, rows, seed, device, progress, tag, checkpoint_dir):
-    models = {}
+def _pretrain_set(config, data, tensors, rows, seed, device, progress, tag, checkpoint_dir, start=None):
+    """Pretrain every base model on `rows`; with `start` (earlier models and their results),
+    continue those models instead, holding out the same validation rows (a warm start)."""
+    models, results = {}, {}
     for index, name in enumerate(config.models):
         torch.manual_seed(seed * 1000 + index)
         model = build_model(name, data.layout, model_settings(config, name)).to(device)
-        result = pretrain(model, tensors, rows, pretrain_settings(config), seed=seed * 1000 + index,
-                          device=device, progress=progress, desc=f"{name} ({tag})")
+        warm = {}
+        if start is not None:
+            model.load_state_dict(start[0][name].state_dict())
+            warm = {"valid_rows": start[1][name].valid_rows, "optimizer_state": start[1][name].optimizer_state}
+        result = pretrain(model, tensors, rows, pretrain_settings(config), seed=seed * 1000 + index + 500 * bool(warm),
+                          device=device, progress=progress, desc=f"{name} ({tag})", **warm)
         if checkpoint_dir is not None:
             save_checkpoint(checkpoint_dir / tag / f"{name}.pt", name, model, result.optimizer_state)
-        models[name] = model
-    return models
+        models[name], results[name] = model, result
+    return models, results
 
 
 def _probabilities(models: dict, tensors: TensorData, rows: np.ndarray, device) -> np.ndarray:
@@ -151,13 +160,22 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
     test, labels, users = split.test, data.labels[split.test], data.users[split.test]
     checkpoints = out_dir / "checkpoints" / f"seed{seed}" if out_dir else None
 
-    with timer("pretrain single models (all training rows)"):
-        singles = _pretrain_set(config, data, tensors, split.train, seed, device, progress, "train", checkpoints)
     if config.meta_pretrain_on == "support":
+        # Base models learn on the support rows first (so the query rows stay out-of-sample for
+        # the selectors), then continue on all training rows: those continued models are the
+        # single-model rows and the models every selector is applied to at test time. They
+        # share the support models' parameter basis, so meta-training's change to theta carries
+        # over to them.
         with timer("pretrain base models (support rows)"):
-            support_models = _pretrain_set(config, data, tensors, split.support, seed, device, progress,
-                                           "support", checkpoints)
+            support_models, support_runs = _pretrain_set(config, data, tensors, split.support, seed, device,
+                                                         progress, "support", checkpoints)
+        with timer("continue base models on all training rows"):
+            singles, _ = _pretrain_set(config, data, tensors, split.train, seed, device, progress, "train",
+                                       checkpoints, start=(support_models, support_runs))
     else:
+        with timer("pretrain base models (all training rows)"):
+            singles, _ = _pretrain_set(config, data, tensors, split.train, seed, device, progress, "train",
+                                       checkpoints)
         support_models = singles
 
     with timer("single models and oracles"):
@@ -181,7 +199,7 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
     with timer("sample-level selector"):
         # The paper's protocol: models on 75% (support), classifier on the other 25% (query).
         sample_models = support_models if config.meta_pretrain_on == "support" else _pretrain_set(
-            config, data, tensors, split.support, seed, device, progress, "support", checkpoints)
+            config, data, tensors, split.support, seed, device, progress, "support", checkpoints)[0]
         base_all = torch.as_tensor(_probabilities(sample_models, tensors, all_rows, device))
         torch.manual_seed(seed)
         sample_selector = Selector(data.layout,

@@ -6,15 +6,7 @@ import torch
 from torch import nn
 
 from .base import BaseModel, Batch, fm_interaction, linear_term, pool_fields, register_model, weighted_rows
-
-
-def mlp(inputs: int, hidden: list[int], dropout: float, outputs: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for width in hidden:
-        layers += [nn.Linear(inputs, width), nn.ReLU(), nn.Dropout(dropout)]
-        inputs = width
-    layers.append(nn.Linear(inputs, outputs))
-    return nn.Sequential(*layers)
+from .layers import mlp
 
 
 @register_model("DeepFM")

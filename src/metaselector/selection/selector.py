@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..models.base import BaseModel, Batch, ModelSettings, pool_fields, weighted_rows
-from ..models.deepfm import mlp
+from ..models.layers import mlp
 
 
 class Selector(BaseModel):
