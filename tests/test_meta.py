@@ -186,3 +186,28 @@ def test_sparse_meta_step_on_cuda_matches_cpu(ml1m_fixture):
     assert gpu_loss == pytest.approx(cpu_loss, rel=1e-9)
     for name, value in cpu.items():
         torch.testing.assert_close(gpu[name].cpu(), value, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_batched_meta_testing_equals_per_user_dense_adaptation(ml1m_fixture, inner_steps):
+    """predict() pads users into vmapped chunks with per-user tables; each user's predictions
+    must equal adapting a full copy of every parameter on that user alone."""
+    learner = _learner(ml1m_fixture)
+    learner.settings.inner_steps = inner_steps
+    tensors, tasks = _episode(ml1m_fixture, n_users=6)
+    eval_rows = [t.query for t in tasks]
+    eval_rows[2] = eval_rows[2][:1]  # users of different sizes share a chunk
+    batched = learner.predict(tensors, tasks, eval_rows)
+    for task, rows, got in zip(tasks, eval_rows, batched, strict=True):
+        params = {n: p.detach().clone().requires_grad_(True) for n, p in learner.params.items()}
+        alphas = {n: a.detach() for n, a in learner.alpha.items()}
+        s_batch, s_labels = tensors.batch(task.support)
+        adapted = learner.adapt(params, alphas, s_batch, s_labels, create_graph=False)
+        e_batch, _ = tensors.batch(rows)
+        expected = learner.ensemble.probabilities(adapted, e_batch).detach().numpy()
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+    unadapted = learner.predict(tensors, tasks, eval_rows, adapt=False)
+    plain = learner.ensemble.probabilities(dict(learner.params), tensors.batch(eval_rows[0])[0])
+    np.testing.assert_allclose(unadapted[0], plain.detach().numpy(), rtol=1e-10)
+    assert not np.allclose(unadapted[0], batched[0])

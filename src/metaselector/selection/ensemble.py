@@ -51,6 +51,11 @@ class Ensemble(nn.Module):
             return stacked[:, 0]
         return mix(self.selector(batch, stacked), stacked)
 
-    def loss(self, params: dict[str, torch.Tensor], batch: Batch, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, params: dict[str, torch.Tensor], batch: Batch, labels: torch.Tensor,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean LogLoss; with `mask`, the mean over the rows where it is 1 (padded batches)."""
         p = self.probabilities(params, batch).clamp(EPS, 1 - EPS)
-        return F.binary_cross_entropy(p, labels)
+        if mask is None:
+            return F.binary_cross_entropy(p, labels)
+        losses = F.binary_cross_entropy(p, labels, reduction="none")
+        return (losses * mask).sum() / mask.sum().clamp(min=1)

@@ -170,26 +170,72 @@ class MetaLearner:
 
     def predict(self, data: TensorData, tasks: Sequence[UserTask], eval_rows: Sequence[np.ndarray],
                 adapt: bool = True, progress: bool = False, desc: str = "meta-test") -> list[np.ndarray]:
-        """For each user: adapt on their support rows, then predict `eval_rows`."""
-        out = []
-        chunk = max(1, self.settings.users_per_episode * 5)
-        bar = tqdm(total=len(tasks), desc=desc, disable=not progress, leave=False)
-        for start in range(0, len(tasks), chunk):
-            part = tasks[start:start + chunk]
-            batches = self._batches(data, part, eval_rows[start:start + chunk])
-            rows = torch.unique(torch.cat([torch.cat([b[0].ids.flatten(), b[2].ids.flatten()]) for b in batches]))
-            leaves, alphas = self._episode_leaves(rows, train=False)
-            for s_batch, s_labels, e_batch, _ in batches:
-                params, rates, (s_ids, e_ids) = self._user_view(rows, leaves, alphas, [s_batch.ids, e_batch.ids])
-                if adapt and len(s_labels):
-                    with torch.enable_grad():
-                        params = self.adapt(params, rates, Batch(s_ids, s_batch.weights), s_labels, False)
-                with torch.no_grad():
-                    p = self.ensemble.probabilities(params, Batch(e_ids, e_batch.weights))
-                out.append(p.double().cpu().numpy())
+        """For each user: adapt on their support rows, then predict `eval_rows`.
+
+        Users are adapted in chunks with torch.func.vmap: each user's support and evaluation
+        rows are padded to the chunk's longest (padding masked out of the loss), their table rows
+        gathered into a padded per-user table, and one vmapped call adapts and predicts them all.
+        Users are sorted by size first, so a chunk's users pad to similar lengths.
+        """
+        out: list[np.ndarray] = [np.empty(0)] * len(tasks)
+        sizes = np.array([len(t.support) + len(e) for t, e in zip(tasks, eval_rows, strict=True)])
+        order = np.argsort(sizes, kind="stable")
+        dense_size = sum(self.params[n].numel() for n in self.dense)
+        # Per user the vmapped step holds a few copies of the dense parameters and of its rows.
+        max_users = max(1, min(512, (1 << 24) // max(1, dense_size)))
+        row_budget = 1 << 16
+        bar = tqdm(total=len(tasks), desc=desc, disable=not progress, leave=False, mininterval=0.5)
+        start = 0
+        while start < len(order):
+            stop = start + 1
+            # Sorted ascending, so the chunk pads every user to the last one's size.
+            while stop - start < max_users and stop < len(order) and \
+                    (stop + 1 - start) * sizes[order[stop]] <= row_budget:
+                stop += 1
+            part = order[start:stop]
+            probabilities = self._adapt_and_predict(data, [tasks[i] for i in part], [eval_rows[i] for i in part],
+                                                    adapt)
+            for i, p in zip(part, probabilities, strict=True):
+                out[i] = p
             bar.update(len(part))
+            start = stop
         bar.close()
         return out
+
+    def _adapt_and_predict(self, data: TensorData, tasks: Sequence[UserTask], eval_rows: Sequence[np.ndarray],
+                           adapt: bool) -> list[np.ndarray]:
+        """One vmapped chunk of users (see `predict`)."""
+        support = _padded(data, [t.support for t in tasks], self.device)
+        evaluation = _padded(data, list(eval_rows), self.device)
+        # Each user's sorted feature ids, padded with an id past the vocabulary (never looked up).
+        vocabulary = self.params[self.tables[0]].shape[0] if self.tables else 1
+        per_user = [torch.unique(torch.cat([s.flatten(), e.flatten()])) for s, e in
+                    zip(support.user_ids, evaluation.user_ids, strict=True)]
+        width = max(len(u) for u in per_user)
+        rows = torch.full((len(tasks), width), vocabulary, dtype=torch.int64, device=self.device)
+        for k, u in enumerate(per_user):
+            rows[k, :len(u)] = u
+        s_ids = torch.searchsorted(rows, support.ids.flatten(1)).view_as(support.ids)
+        e_ids = torch.searchsorted(rows, evaluation.ids.flatten(1)).view_as(evaluation.ids)
+        lookup = rows.clamp(max=vocabulary - 1)
+        tables = {n: self.params[n].detach()[lookup] for n in self.tables}
+        rates = {n: self.alpha[n].detach()[lookup] for n in self.tables}
+        dense = {n: self.params[n].detach() for n in self.dense}
+        dense_rates = {n: self.alpha[n].detach() for n in self.dense}
+        ensemble, steps = self.ensemble, self.settings.inner_steps if adapt else 0
+
+        def one_user(tables_u, rates_u, s_ids_u, s_w, s_y, s_mask, e_ids_u, e_w):
+            params = {**dense, **tables_u}
+            for _ in range(steps):
+                grads = torch.func.grad(lambda p: ensemble.loss(p, Batch(s_ids_u, s_w), s_y, s_mask))(params)
+                params = {n: v - rates_u.get(n, dense_rates.get(n)) * grads[n] for n, v in params.items()}
+            return ensemble.probabilities(params, Batch(e_ids_u, e_w))
+
+        with torch.no_grad():
+            p = torch.func.vmap(one_user)(tables, rates, s_ids, support.weights, support.labels, support.mask,
+                                          e_ids, evaluation.weights)
+        p = p.double().cpu().numpy()
+        return [p[k, :len(e)] for k, e in enumerate(eval_rows)]
 
     def query_loss(self, data: TensorData, tasks: Sequence[UserTask]) -> float:
         """Mean post-adaptation query LogLoss over users (validation; no outer step)."""
@@ -253,6 +299,35 @@ class MetaLearner:
                     break
         self.load_state(best_state)
         return history
+
+
+@dataclass
+class _PaddedRows:
+    ids: torch.Tensor  # [U, n, S], padding rows all 0
+    weights: torch.Tensor  # [U, n, S], padding rows all 0
+    labels: torch.Tensor  # [U, n]
+    mask: torch.Tensor  # [U, n]: 1 for real rows
+    user_ids: list[torch.Tensor]  # each user's real ids, unpadded
+
+
+def _padded(data: TensorData, row_lists: Sequence[np.ndarray], device: torch.device) -> _PaddedRows:
+    """Rows of several users stacked into [U, longest, ...] tensors, zero-padded."""
+    lengths = np.array([len(r) for r in row_lists])
+    longest = max(1, int(lengths.max(initial=0)))
+    flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in row_lists]) if lengths.sum() else \
+        np.empty(0, dtype=np.int64)
+    user = np.repeat(np.arange(len(row_lists)), lengths)
+    slot = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    batch, labels = data.batch(flat, device)
+    shape = (len(row_lists), longest)
+    ids = torch.zeros(*shape, batch.ids.shape[1], dtype=torch.int64, device=device)
+    weights = torch.zeros(*shape, batch.ids.shape[1], dtype=batch.weights.dtype, device=device)
+    padded_labels = torch.zeros(shape, dtype=labels.dtype, device=device)
+    mask = torch.zeros(shape, dtype=labels.dtype, device=device)
+    where = (torch.as_tensor(user, device=device), torch.as_tensor(slot, device=device))
+    ids[where], weights[where], padded_labels[where], mask[where] = batch.ids, batch.weights, labels, 1.0
+    user_ids = list(torch.split(batch.ids, lengths.tolist()))
+    return _PaddedRows(ids, weights, padded_labels, mask, user_ids)
 
 
 def clone_models(models: dict) -> dict:
