@@ -21,7 +21,7 @@ import torch
 
 from metaselector.data.loading import load_dataset
 from metaselector.models import ModelSettings, build_model
-from metaselector.training.pretrain import PretrainSettings, train_epoch
+from metaselector.training.pretrain import PretrainSettings, make_optimizer, train_epoch
 from metaselector.training.tensors import TensorData
 
 SETTINGS = PretrainSettings(batch_size=1000, adam_lr=0.001, l2_embedding=0.0)
@@ -31,7 +31,7 @@ def ours(data, name: str, seed: int) -> float:
     tensors = TensorData.from_encoded(data)
     torch.manual_seed(seed)
     model = build_model(name, data.layout, ModelSettings(10, [256, 256, 256], 0.1))
-    optimizer = torch.optim.Adam(model.parameters(), lr=SETTINGS.adam_lr)
+    optimizer = make_optimizer(model, SETTINGS)  # what pretraining uses: fused Adam (FTRL for LR)
     rows = np.arange(len(data.labels))
     start = time.perf_counter()
     train_epoch(model, optimizer, tensors, rows, SETTINGS, torch.Generator().manual_seed(seed))

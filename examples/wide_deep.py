@@ -23,5 +23,5 @@ class WideDeep(BaseModel):
         self.deep = mlp(layout.num_fields * settings.embedding_dim, settings.hidden, settings.dropout, 1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        per_field = pool_fields(weighted_rows(self.embedding, batch), self.field_pool)
+        per_field = pool_fields(weighted_rows(self.embedding, batch), self.field_of_slot, self.layout.num_fields)
         return linear_term(self.linear, self.bias, batch) + self.deep(per_field.flatten(1)).squeeze(-1)

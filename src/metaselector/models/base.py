@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.features import FeatureLayout
@@ -45,11 +44,9 @@ class BaseModel(nn.Module):
         super().__init__()
         self.layout = layout
         self.settings = settings
-        field_of_slot = torch.as_tensor(layout.field_of_slot())
-        # pool[s, f] = 1 if slot s belongs to field f: sums slots into fields in one matmul.
-        pool = torch.zeros(layout.num_slots, layout.num_fields)
-        pool[torch.arange(layout.num_slots), field_of_slot] = 1.0
-        self.register_buffer("field_pool", pool, persistent=False)
+        # Which field each slot belongs to: pool_fields sums slots into fields with it.
+        self.register_buffer("field_of_slot", torch.as_tensor(layout.field_of_slot(), dtype=torch.int64),
+                             persistent=False)
 
     def table(self, num_features: int, width: tuple[int, ...], std: float | None = None) -> nn.Parameter:
         weight = torch.empty(num_features, *width)
@@ -96,10 +93,33 @@ def build_model(name: str, layout: FeatureLayout, settings: ModelSettings) -> Ba
     return resolve_model(name)(layout, settings)
 
 
+class _GatherRows(torch.autograd.Function):
+    """table[ids] on a 2-D table. Backward is one index_add into a zero table: on CPU about
+    twice as fast as F.embedding's backward (which sorts the ids first). The backward is
+    written with differentiable ops, so second-order MAML and torch.func transforms work."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return table.index_select(0, ids.reshape(-1)).view(*ids.shape, table.shape[1])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        table, ids = inputs
+        ctx.save_for_backward(ids)
+        ctx.rows = table.shape[0]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ids,) = ctx.saved_tensors
+        flat = grad.reshape(-1, grad.shape[-1])
+        return flat.new_zeros(ctx.rows, flat.shape[1]).index_add(0, ids.reshape(-1), flat), None
+
+
 def gather_rows(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """table[ids] for a table of any width, through F.embedding on a 2-D view: its backward
-    (and double backward) is markedly faster than advanced indexing's on CPU."""
-    flat = F.embedding(ids, table.reshape(table.shape[0], -1))
+    """table[ids] for a table of any width: [*ids.shape, *table.shape[1:]]."""
+    flat = _GatherRows.apply(table.reshape(table.shape[0], -1), ids)
     return flat.view(*ids.shape, *table.shape[1:])
 
 
@@ -110,13 +130,15 @@ def weighted_rows(table: torch.Tensor, batch: Batch) -> torch.Tensor:
     return rows * scale
 
 
-def pool_fields(per_slot: torch.Tensor, field_pool: torch.Tensor) -> torch.Tensor:
-    """Sum slot vectors [N, S, d] into their fields: [N, F, d] (one batched matmul)."""
-    return torch.matmul(field_pool.t(), per_slot)
+def pool_fields(per_slot: torch.Tensor, field_of_slot: torch.Tensor, num_fields: int) -> torch.Tensor:
+    """Sum slot vectors [N, S, ...] into their fields: [N, F, ...]. One index_add over the slot
+    axis: about twice as fast as a [F, S] pooling matmul, whose batch of tiny products is slow."""
+    out = per_slot.new_zeros(per_slot.shape[0], num_fields, *per_slot.shape[2:])
+    return out.index_add(1, field_of_slot, per_slot)
 
 
 def linear_term(linear: torch.Tensor, bias: torch.Tensor, batch: Batch) -> torch.Tensor:
-    return (F.embedding(batch.ids, linear).squeeze(-1) * batch.weights).sum(dim=1) + bias
+    return (gather_rows(linear, batch.ids).squeeze(-1) * batch.weights).sum(dim=1) + bias
 
 
 def fm_interaction(embedded: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,6 @@ class DeepFM(BaseModel):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         embedded = weighted_rows(self.embedding, batch)  # [N, S, k]
-        per_field = pool_fields(embedded, self.field_pool).flatten(1)
+        per_field = pool_fields(embedded, self.field_of_slot, self.layout.num_fields).flatten(1)
         deep = self.deep(per_field).squeeze(-1)
         return linear_term(self.linear, self.bias, batch) + fm_interaction(embedded) + deep

@@ -9,10 +9,9 @@ sum_{f<g} <P[f, g], P[g, f]>: one elementwise product with the transpose, no Pyt
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import BaseModel, Batch, linear_term, pool_fields, register_model
+from .base import BaseModel, Batch, gather_rows, linear_term, pool_fields, register_model
 
 
 @register_model("FFM")
@@ -30,8 +29,9 @@ class FFM(BaseModel):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         fields, k = self.embedding.shape[1], self.embedding.shape[2]
-        rows = F.embedding(batch.ids, self.embedding.reshape(-1, fields * k))  # [N, S, F*k]
-        pooled = pool_fields(rows * batch.weights.unsqueeze(-1), self.field_pool).view(-1, fields, fields, k)
+        rows = gather_rows(self.embedding.reshape(-1, fields * k), batch.ids)  # [N, S, F*k]
+        per_slot = rows * batch.weights.unsqueeze(-1)
+        pooled = pool_fields(per_slot, self.field_of_slot, fields).view(-1, fields, fields, k)
         pairs = (pooled * pooled.transpose(1, 2)).sum(dim=-1)  # [N, F, F], symmetric
         interaction = pairs[:, self.pairs[0], self.pairs[1]].sum(dim=1)
         return linear_term(self.linear, self.bias, batch) + interaction

@@ -29,7 +29,7 @@ class Selector(BaseModel):
     def scores(self, batch: Batch, predictions: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised selection scores [N, K]."""
         embedded = weighted_rows(self.embedding, batch)
-        features = pool_fields(embedded, self.field_pool).flatten(1)
+        features = pool_fields(embedded, self.field_of_slot, self.layout.num_fields).flatten(1)
         if self.uses_predictions:
             features = torch.cat([features, predictions], dim=1)
         return self.deep(features)
