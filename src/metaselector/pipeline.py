@@ -128,6 +128,7 @@ def _pretrain_set(config, data, tensors, rows, seed, device, progress, tag, chec
         if start is not None:
             model.load_state_dict(start[0][name].state_dict())
             warm = {"valid_rows": start[1][name].valid_rows, "optimizer_state": start[1][name].optimizer_state}
+        # A continuation draws its own batch order (seed + 500), not the support run's again.
         result = pretrain(model, tensors, rows, pretrain_settings(config), seed=seed * 1000 + index + 500 * bool(warm),
                           device=device, progress=progress, desc=f"{name} ({tag})", **warm)
         if checkpoint_dir is not None:

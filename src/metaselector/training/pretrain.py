@@ -102,6 +102,7 @@ def pretrain(
     `valid_rows` (held out again, so they stay unseen) and `optimizer_state`; the starting
     weights count as epoch 0, so they are kept if no epoch improves on them.
     """
+    warm_start = valid_rows is not None
     if valid_rows is None:
         shuffled = np.random.default_rng(seed).permutation(rows)
         n_valid = max(1, int(round(len(rows) * settings.validation_fraction)))
@@ -115,7 +116,7 @@ def pretrain(
     valid_labels = data.labels[valid_rows].numpy()
     best_loss, best_epoch, best_state, bad_epochs = float("inf"), 0, None, 0
     history = []
-    if optimizer_state:
+    if warm_start:
         best_loss = logloss(valid_labels, predict(model, data, valid_rows, device=device))
         best_state, best_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
         history.append({"epoch": 0, "valid_logloss": best_loss})
