@@ -63,6 +63,9 @@ class RunConfig:
     ftrl_beta: float = 1.0
     ftrl_l1: float = 0.0
     ftrl_l2: float = 1e-4
+    # Models over at least this many features update only the table rows a batch uses (lazy
+    # Adam) in pretraining; 0 = never. MovieLens vocabularies stay below it, Amazon's does not.
+    lazy_table_rows: int = 100_000
     # Which training data MetaSelector's base models are pretrained on: "support" keeps the
     # query sets out-of-sample for the selector (the single models are then these models
     # trained on, warm, over all training rows); "train" uses all training data.
