@@ -269,7 +269,7 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
     with timer("MetaSelector-Simplified"):
         simple = SimplifiedSelector(new_selector(), base_meta, config.selector_outer_lr, device)
         history = simple.fit(tensors, train_tasks, valid_tasks, config.users_per_episode, config.meta_epochs,
-                             config.meta_patience, seed, progress)
+                             config.meta_patience, seed, progress, max_episodes=config.meta_max_episodes)
         if refit:
             simple.base = torch.as_tensor(_probabilities(singles, tensors, all_rows, device)).float()
         result.notes["MetaSelector-Simplified"] = {"best_epoch": history.best_epoch,

@@ -58,7 +58,9 @@ class SimplifiedSelector:
         return out
 
     def fit(self, data: TensorData, train_tasks: list[UserTask], valid_tasks: list[UserTask], users_per_episode: int,
-            epochs: int, patience: int, seed: int, progress: bool = True) -> MetaHistory:
+            epochs: int, patience: int, seed: int, progress: bool = True, max_episodes: int = 0) -> MetaHistory:
+        """Episodes of `users_per_episode` users; `max_episodes` caps an epoch (0: every user once),
+        the same budget MetaSelector gets."""
         rng = np.random.default_rng(seed)
         history = MetaHistory()
 
@@ -72,6 +74,8 @@ class SimplifiedSelector:
         for epoch in range(1, epochs + 1):
             self.selector.train()
             order = rng.permutation(len(train_tasks))
+            if max_episodes:
+                order = order[:max_episodes * users_per_episode]
             for start in tqdm(range(0, len(order), users_per_episode), desc=f"Simplified epoch {epoch}",
                               disable=not progress, leave=False):
                 part = [train_tasks[i] for i in order[start:start + users_per_episode]]
