@@ -14,6 +14,7 @@ from metaselector.pipeline import reproduce, tasks_for
 from metaselector.selection.ensemble import Ensemble
 from metaselector.selection.meta import MetaLearner, MetaSettings
 from metaselector.selection.selector import Selector
+from metaselector.training.row_state import RowStore
 from metaselector.training.tensors import TensorData
 
 
@@ -30,7 +31,10 @@ def _learner(data, first_order=False, dtype=torch.float64, seed=0):
     learner = MetaLearner(ensemble, MetaSettings(inner_lr=0.05, first_order=first_order))
     with torch.no_grad():  # varied per-parameter rates, so alpha's gradient is a real test
         for a in learner.alpha.values():
-            a.uniform_(0.01, 0.2)
+            if isinstance(a, RowStore):  # tables' rates: every row written, as a dense tensor would be
+                a.write(torch.arange(a.shape[0]), torch.empty(a.shape, dtype=dtype).uniform_(0.01, 0.2))
+            else:
+                a.uniform_(0.01, 0.2)
     return learner
 
 
@@ -61,16 +65,18 @@ def _dense_grads(learner, tensors, tasks):
         s_batch, s_labels = tensors.batch(t.support)
         q_batch, q_labels = tensors.batch(t.query)
         episode.append((tuple(s_batch), s_labels, tuple(q_batch), q_labels))
-    loss = dense_episode_backward(learner.ensemble, learner.alpha, episode, first_order=learner.settings.first_order)
+    alpha = {n: a.requires_grad_(True) for n, a in learner.dense_alpha().items()}
+    loss = dense_episode_backward(learner.ensemble, alpha, episode, first_order=learner.settings.first_order)
     grads = {}
     for n, p in learner.params.items():
-        grads[n], grads["alpha:" + n] = p.grad.clone(), learner.alpha[n].grad.clone()
+        grads[n], grads["alpha:" + n] = p.grad.clone(), alpha[n].grad.clone()
     return grads, loss
 
 
 def _zero(learner):
-    for t in [*learner.params.values(), *learner.alpha.values()]:
-        t.grad = None
+    for n, t in [*learner.params.items(), *learner.alpha.items()]:
+        if n not in learner.tables or t is learner.params[n]:
+            t.grad = None
 
 
 @pytest.mark.parametrize("first_order", [False, True])
@@ -104,7 +110,7 @@ def test_inner_step_changes_only_touched_rows(ml1m_fixture):
     task = tasks[0]
     s_batch, s_labels = tensors.batch(task.support)
     params = dict(learner.params)
-    adapted = learner.adapt(params, learner.alpha, s_batch, s_labels, create_graph=False)
+    adapted = learner.adapt(params, learner.dense_alpha(), s_batch, s_labels, create_graph=False)
     touched = set(torch.unique(s_batch.ids).tolist())
     for n in learner.tables:
         changed = set(torch.nonzero((adapted[n] - params[n]).flatten(1).abs().sum(1) > 0).flatten().tolist())
@@ -200,7 +206,7 @@ def test_batched_meta_testing_equals_per_user_dense_adaptation(ml1m_fixture, inn
     batched = learner.predict(tensors, tasks, eval_rows)
     for task, rows, got in zip(tasks, eval_rows, batched, strict=True):
         params = {n: p.detach().clone().requires_grad_(True) for n, p in learner.params.items()}
-        alphas = {n: a.detach() for n, a in learner.alpha.items()}
+        alphas = learner.dense_alpha()
         s_batch, s_labels = tensors.batch(task.support)
         adapted = learner.adapt(params, alphas, s_batch, s_labels, create_graph=False)
         e_batch, _ = tensors.batch(rows)

@@ -8,9 +8,12 @@ Per episode of m users:
      remapped, the support loss is differentiated (create_graph for second order),
      theta_u = theta - alpha * grad, and the query loss is backpropagated. Untouched rows
      have zero support gradient, so this is exactly the dense update restricted to R.
-  4. The outer step: dense parameters by Adam, tables by SparseAdam on the rows in R
-     (lazy moments: rows not in R keep their moment estimates unchanged, unlike dense Adam
-     whose moments decay every step).
+  4. The outer step: dense parameters by Adam, tables (weights and Meta-SGD rates) by
+     LazyRowAdam on the rows in R: exactly Adam's update for those rows; rows not in R keep
+     their values and moments (lazy moments), where dense Adam would keep moving them.
+The tables' Meta-SGD rates and Adam moments are RowStores: stored only for rows an episode
+has touched (every other row's rate is the initial one), so the state grows with the data
+seen, not with the vocabulary.
 Meta-testing reuses steps 1 to 3 without the outer step.
 """
 
@@ -25,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from ..models.base import Batch
+from ..training.row_state import LazyRowAdam, RowStore
 from ..training.tensors import TensorData
 from .ensemble import Ensemble
 
@@ -75,8 +79,11 @@ class MetaLearner:
         self.params = dict(ensemble.named_parameters())
         self.tables = [n for n in self.params if n in ensemble.tables]
         self.dense = [n for n in self.params if n not in ensemble.tables]
-        self.alpha = {n: torch.full_like(p, settings.inner_lr, requires_grad=settings.learn_inner_lr)
-                      for n, p in self.params.items()}
+        # Meta-SGD rates: full tensors for dense parameters, RowStores for tables.
+        self.alpha: dict[str, torch.Tensor | RowStore] = {
+            n: RowStore.like(p.detach(), settings.inner_lr) if n in self.tables else
+            torch.full_like(p, settings.inner_lr, requires_grad=settings.learn_inner_lr)
+            for n, p in self.params.items()}
         self._build_optimizers()
 
     def _build_optimizers(self) -> None:
@@ -85,16 +92,15 @@ class MetaLearner:
             {"params": [self.params[n] for n in self.dense if not n.startswith("selector.")], "lr": s.outer_lr},
             {"params": [self.params[n] for n in self.dense if n.startswith("selector.")], "lr": s.selector_outer_lr},
         ]
-        sparse_groups = [
-            {"params": [self.params[n] for n in self.tables if not n.startswith("selector.")], "lr": s.outer_lr},
-            {"params": [self.params[n] for n in self.tables if n.startswith("selector.")], "lr": s.selector_outer_lr},
-        ]
+        targets: dict[str, torch.Tensor | RowStore] = {n: self.params[n] for n in self.tables}
+        lrs = {n: s.selector_outer_lr if n.startswith("selector.") else s.outer_lr for n in self.tables}
         if s.learn_inner_lr:
             alpha_lr = s.alpha_outer_lr or s.outer_lr
             groups.append({"params": [self.alpha[n] for n in self.dense], "lr": alpha_lr})
-            sparse_groups.append({"params": [self.alpha[n] for n in self.tables], "lr": alpha_lr})
+            targets.update({"alpha:" + n: self.alpha[n] for n in self.tables})
+            lrs.update({"alpha:" + n: alpha_lr for n in self.tables})
         self.dense_optimizer = torch.optim.Adam([g for g in groups if g["params"]])
-        self.sparse_optimizer = torch.optim.SparseAdam([g for g in sparse_groups if g["params"]])
+        self.table_optimizer = LazyRowAdam(targets, lrs)
 
     # ---- the inner loop -------------------------------------------------------------
     def _episode_leaves(self, rows: torch.Tensor, train: bool) -> tuple[dict, dict]:
@@ -102,7 +108,7 @@ class MetaLearner:
         params, alphas = {}, {}
         for n in self.tables:
             params[n] = self.params[n].detach()[rows].requires_grad_(True)
-            alphas[n] = self.alpha[n].detach()[rows].requires_grad_(train and self.settings.learn_inner_lr)
+            alphas[n] = self.alpha[n].gather(rows).requires_grad_(train and self.settings.learn_inner_lr)
         for n in self.dense:
             params[n] = self.params[n] if train else self.params[n].detach().requires_grad_(True)
             alphas[n] = self.alpha[n] if train else self.alpha[n].detach()
@@ -159,14 +165,14 @@ class MetaLearner:
         return rows, leaves, alphas, total / len(batches)
 
     def _outer_step(self, rows: torch.Tensor, leaves: dict, alphas: dict) -> None:
+        gradients = {}
         for n in self.tables:
-            for full, local in ((self.params[n], leaves[n]), (self.alpha[n], alphas[n])):
+            for key, local in ((n, leaves[n]), ("alpha:" + n, alphas[n])):
                 if local.grad is not None:
-                    full.grad = torch.sparse_coo_tensor(rows[None], local.grad, full.shape, check_invariants=False)
+                    gradients[key] = local.grad
         self.dense_optimizer.step()
-        self.sparse_optimizer.step()
+        self.table_optimizer.step(rows, gradients)
         self.dense_optimizer.zero_grad(set_to_none=True)
-        self.sparse_optimizer.zero_grad(set_to_none=True)
 
     def predict(self, data: TensorData, tasks: Sequence[UserTask], eval_rows: Sequence[np.ndarray],
                 adapt: bool = True, progress: bool = False, desc: str = "meta-test") -> list[np.ndarray]:
@@ -220,7 +226,7 @@ class MetaLearner:
         e_ids = torch.searchsorted(rows, evaluation.ids.flatten(1)).view_as(evaluation.ids)
         lookup = rows.clamp(max=vocabulary - 1)
         tables = {n: self.params[n].detach()[lookup] for n in self.tables}
-        rates = {n: self.alpha[n].detach()[lookup] for n in self.tables}
+        rates = {n: self.alpha[n].gather(lookup) for n in self.tables}
         dense = {n: self.params[n].detach() for n in self.dense}
         dense_rates = {n: self.alpha[n].detach() for n in self.dense}
         ensemble, steps = self.ensemble, self.settings.inner_steps if adapt else 0
@@ -256,16 +262,21 @@ class MetaLearner:
                 self.params[f"models.{name}.{pname}"].add_(new[pname].to(value.device) - value)
 
     # ---- the outer loop -------------------------------------------------------------
+    def dense_alpha(self) -> dict[str, torch.Tensor]:
+        """Every Meta-SGD rate as a full tensor (tables materialised; for tests and inspection)."""
+        return {n: a.dense() if isinstance(a, RowStore) else a.detach().clone() for n, a in self.alpha.items()}
+
     def state(self) -> dict:
         return {"params": {n: p.detach().clone() for n, p in self.params.items()},
-                "alpha": {n: a.detach().clone() for n, a in self.alpha.items()}}
+                "alpha": {n: a.clone() if isinstance(a, RowStore) else a.detach().clone()
+                          for n, a in self.alpha.items()}}
 
     def load_state(self, state: dict) -> None:
         with torch.no_grad():
             for n, p in self.params.items():
                 p.copy_(state["params"][n])
-            for n, a in self.alpha.items():
-                a.copy_(state["alpha"][n])
+            for n, a in state["alpha"].items():
+                self.alpha[n].copy_(a)
 
     def fit(self, data: TensorData, train_tasks: list[UserTask], valid_tasks: list[UserTask], seed: int,
             progress: bool = True, desc: str = "MetaSelector") -> MetaHistory:

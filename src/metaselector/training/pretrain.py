@@ -19,6 +19,7 @@ from tqdm import tqdm
 from ..evaluation.metrics import logloss
 from ..models.base import BaseModel, Batch, gather_rows
 from .ftrl import FTRL
+from .row_state import LazyRowAdam
 from .tensors import TensorData, predict
 
 
@@ -35,7 +36,7 @@ class PretrainSettings:
     ftrl_l1: float = 0.0
     ftrl_l2: float = 1e-4
     # Adam-trained models whose vocabulary has at least this many features update only the table
-    # rows a batch uses (lazy Adam, as SparseAdam); 0 = never. Dense Adam over a 318k x 6 x 10 FFM
+    # rows a batch uses (lazy Adam, row_state.LazyRowAdam); 0 = never. Dense Adam over a 318k x 6 x 10 FFM
     # table spends most of each step on rows the batch never touched.
     lazy_table_rows: int = 100_000
 
@@ -51,23 +52,15 @@ class PretrainResult:
 
 class AdamWithLazyTables:
     """Fused Adam for the dense parameters; for the embedding tables, Adam's update applied only
-    to the rows a batch uses (lazy Adam).
-
-    A used row gets exactly Adam's update (same moments, bias correction and eps placement;
-    torch's SparseAdam puts eps before the bias correction). An unused row keeps its weights
-    and moments, where dense Adam would keep moving it on its decaying moments; from a fresh
-    state the first step is the same as dense Adam's.
-    """
+    to the rows a batch uses (`LazyRowAdam`: exact Adam for a used row; an unused row keeps its
+    weights and moments; moments stored only for rows ever used)."""
 
     def __init__(self, model: BaseModel, lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
-        self.lr, self.betas, self.eps = lr, betas, eps
         self.tables = {n: getattr(model, n) for n in model.table_names}
         dense = [p for p in model.parameters() if all(p is not t for t in self.tables.values())]
         self.dense = torch.optim.Adam(dense, lr=lr, betas=betas, eps=eps, fused=True)
-        self.steps = 0
-        self.exp_avg = {n: torch.zeros_like(t) for n, t in self.tables.items()}
-        self.exp_avg_sq = {n: torch.zeros_like(t) for n, t in self.tables.items()}
+        self.lazy = LazyRowAdam(dict(self.tables), dict.fromkeys(self.tables, lr), betas, eps)
         self._pending: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
 
     def set_row_gradients(self, rows: torch.Tensor, gradients: dict[str, torch.Tensor]) -> None:
@@ -78,33 +71,18 @@ class AdamWithLazyTables:
         self.dense.zero_grad(set_to_none=set_to_none)
         self._pending = None
 
-    @torch.no_grad()
     def step(self) -> None:
         self.dense.step()
-        if self._pending is None:
-            return
-        rows, gradients = self._pending
-        self.steps += 1
-        beta1, beta2 = self.betas
-        correction1, correction2 = 1 - beta1 ** self.steps, 1 - beta2 ** self.steps
-        for n, grad in gradients.items():
-            m = self.exp_avg[n][rows].mul_(beta1).add_(grad, alpha=1 - beta1)
-            v = self.exp_avg_sq[n][rows].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            self.exp_avg[n][rows], self.exp_avg_sq[n][rows] = m, v
-            denominator = (v.sqrt() / correction2 ** 0.5).add_(self.eps)
-            self.tables[n][rows] -= (self.lr / correction1) * m / denominator
+        if self._pending is not None:
+            self.lazy.step(*self._pending)
         self._pending = None
 
     def state_dict(self) -> dict:
-        return {"dense": self.dense.state_dict(), "steps": self.steps,
-                "exp_avg": dict(self.exp_avg), "exp_avg_sq": dict(self.exp_avg_sq)}
+        return {"dense": self.dense.state_dict(), "lazy": self.lazy.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.dense.load_state_dict(state["dense"])
-        self.steps = state["steps"]
-        for n in self.tables:
-            self.exp_avg[n].copy_(state["exp_avg"][n])
-            self.exp_avg_sq[n].copy_(state["exp_avg_sq"][n])
+        self.lazy.load_state_dict(state["lazy"])
 
 
 def make_optimizer(model: BaseModel, settings: PretrainSettings):
