@@ -1,17 +1,24 @@
 """`metaselector reproduce`: every row of Table 3, Table 1 and Figure 3, for N seeds.
 
 What each method trains on (all are judged on the same test rows):
-  single models            all training rows (support + query), less a validation slice of
-                           the support rows for early stopping; with meta_pretrain_on =
-                           "support" (default) each is the support-row model below, trained
-                           on, warm, over all training rows
+  single models            all training rows (support + query), less one validation slice of
+                           the support rows (10%, shared by every base model) for early
+                           stopping; with meta_pretrain_on = "support" (default) each is the
+                           support-row model below, trained on, warm, over all training rows
   sample-level selector    base models pretrained on the support rows (75% of training, as
                            the paper); the classifier learns on the query rows (25%)
+  Global Blend             one set of weights for all samples, fitted on the meta-training
+                           users' query rows with the support-row models, applied to the
+                           single models
   MetaSelector, MetaSelector-Simplified, "<model> + per-user adaptation"
                            base models pretrained on `meta_pretrain_on` rows (default: support,
                            so the query losses the selector learns from are out-of-sample);
-                           episodes on the support/query parts of the meta-training users;
-                           early stopping on the query LogLoss of held-out training users
+                           episodes on the support/query parts of the meta-training users
+                           (the base models' validation slice left out); MetaSelector and
+                           the per-user adaptations stop (meta_stop_on = "held-out-rows") on
+                           the test-time setup's LogLoss over that validation slice, which no
+                           model has trained on; Simplified on held-out training users' query
+                           LogLoss
   refit (default on)       at test time every selector, the sample-level one included, is
                            applied to the single-model rows' models (the support models
                            continued on all training rows), carrying over the change
@@ -35,7 +42,7 @@ import torch
 from .config import RunConfig
 from .data.features import EncodedDataset
 from .data.splits import Split, split_users
-from .evaluation.metrics import per_user_logloss, summary
+from .evaluation.metrics import logloss, per_user_logloss, summary
 from .models import ModelSettings, build_model
 from .models.checkpoint import save_checkpoint
 from .selection import oracles
@@ -117,14 +124,23 @@ def meta_settings(config: RunConfig) -> MetaSettings:
     )
 
 
-def _pretrain_set(config, data, tensors, rows, seed, device, progress, tag, checkpoint_dir, start=None):
-    """Pretrain every base model on `rows`; with `start` (earlier models and their results),
-    continue those models instead, holding out the same validation rows (a warm start)."""
+def holdout_rows(support: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The base models' validation slice: one random `fraction` of the support rows, shared by
+    every model, so no base model (support-trained or continued) ever trains on it."""
+    shuffled = np.random.default_rng(seed + 11).permutation(support)
+    return np.sort(shuffled[:max(1, int(round(len(support) * fraction)))])
+
+
+def _pretrain_set(config, data, tensors, rows, seed, device, progress, tag, checkpoint_dir, start=None,
+                  holdout=None):
+    """Pretrain every base model on `rows`, early-stopping on the `holdout` rows; with `start`
+    (earlier models and their results), continue those models instead, holding out the same
+    validation rows (a warm start)."""
     models, results = {}, {}
     for index, name in enumerate(config.models):
         torch.manual_seed(seed * 1000 + index)
         model = build_model(name, data.layout, model_settings(config, name)).to(device)
-        warm = {}
+        warm = {} if holdout is None else {"valid_rows": holdout}
         if start is not None:
             model.load_state_dict(start[0][name].state_dict())
             warm = {"valid_rows": start[1][name].valid_rows, "optimizer_state": start[1][name].optimizer_state}
@@ -160,6 +176,8 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
         log(f"dropped {split.dropped_users} users with fewer than 4 samples ({split.dropped_samples} samples)")
     test, labels, users = split.test, data.labels[split.test], data.users[split.test]
     checkpoints = out_dir / "checkpoints" / f"seed{seed}" if out_dir else None
+    holdout = holdout_rows(split.support, config.validation_fraction, seed)
+    result.notes["base_model_validation_rows"] = int(len(holdout))
 
     if config.meta_pretrain_on == "support":
         # Base models learn on the support rows first (so the query rows stay out-of-sample for
@@ -169,14 +187,14 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
         # over to them.
         with timer("pretrain base models (support rows)"):
             support_models, support_runs = _pretrain_set(config, data, tensors, split.support, seed, device,
-                                                         progress, "support", checkpoints)
+                                                         progress, "support", checkpoints, holdout=holdout)
         with timer("continue base models on all training rows"):
             singles, _ = _pretrain_set(config, data, tensors, split.train, seed, device, progress, "train",
                                        checkpoints, start=(support_models, support_runs))
     else:
         with timer("pretrain base models (all training rows)"):
             singles, _ = _pretrain_set(config, data, tensors, split.train, seed, device, progress, "train",
-                                       checkpoints)
+                                       checkpoints, holdout=holdout)
         support_models = singles
 
     with timer("single models and oracles"):
@@ -200,7 +218,8 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
     with timer("sample-level selector"):
         # The paper's protocol: models on 75% (support), classifier on the other 25% (query).
         sample_models = support_models if config.meta_pretrain_on == "support" else _pretrain_set(
-            config, data, tensors, split.support, seed, device, progress, "support", checkpoints)[0]
+            config, data, tensors, split.support, seed, device, progress, "support", checkpoints,
+            holdout=holdout)[0]
         base_all = torch.as_tensor(_probabilities(sample_models, tensors, all_rows, device))
         torch.manual_seed(seed)
         sample_selector = Selector(data.layout,
@@ -216,7 +235,9 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
         _evaluate(result.rows, "Sample-level Selector", users, labels,
                   predict_sample_selector(sample_selector, tensors, test, test_base))
 
-    all_tasks = tasks_for(data.users, split.support, split.query)
+    # Meta-training never sees the base models' validation rows: they are the held-out rows on
+    # which the test-time setup is checked (meta_stop_on = "held-out-rows").
+    all_tasks = tasks_for(data.users, np.setdiff1d(split.support, holdout), split.query)
     rng = np.random.default_rng(seed + 7)
     n_valid = int(round(len(all_tasks) * config.meta_validation_users))
     order = rng.permutation(len(all_tasks))
@@ -227,11 +248,33 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
     test_order = np.concatenate(test_rows)
     t_users, t_labels = data.users[test_order], data.labels[test_order]
     new_tasks = tasks_for(data.users, split.new_support, split.new_test) if len(split.new_test) else []
+    check_tasks = [t for t in tasks_for(data.users, np.setdiff1d(split.train, holdout), holdout) if len(t.query)]
+    if len(check_tasks) > config.meta_check_users:
+        keep = np.sort(np.random.default_rng(seed + 13).choice(len(check_tasks), config.meta_check_users,
+                                                                replace=False))
+        check_tasks = [check_tasks[i] for i in keep]
+    check_rows = [t.query for t in check_tasks]
+    check_labels = data.labels[np.concatenate(check_rows)] if check_tasks else np.empty(0)
+
+    def test_like_loss(learner: MetaLearner, models: dict) -> float:
+        """LogLoss of the test-time setup on held-out rows: the learner's selector and theta change
+        carried onto the single models, each checked user adapting on their other training rows."""
+        snapshot = learner.state()
+        if refit:
+            learner.transfer_base_models(models, {k: singles[k] for k in models})
+        p = np.concatenate(learner.predict(tensors, check_tasks, check_rows))
+        learner.load_state(snapshot)
+        return logloss(check_labels, p)
 
     def run_meta(name: str, models: dict, selector: Selector | None) -> None:
         learner = MetaLearner(Ensemble(clone_models(models), selector), meta_settings(config), device)
+        criterion = None
+        if config.meta_stop_on == "held-out-rows" and check_tasks:
+            def criterion() -> float:
+                return test_like_loss(learner, models)
         with timer(f"{name} meta-training"):
-            history = learner.fit(tensors, train_tasks, valid_tasks, seed=seed, progress=progress, desc=name)
+            history = learner.fit(tensors, train_tasks, valid_tasks, seed=seed, progress=progress, desc=name,
+                                  criterion=criterion)
         result.notes[name] = {"best_epoch": history.best_epoch, "validation_logloss": history.best_validation,
                               "epochs": history.epochs}
         if refit:
@@ -245,16 +288,17 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
             rows_new = np.concatenate([t.query for t in new_tasks])
             _evaluate(result.new_user_rows, name, data.users[rows_new], data.labels[rows_new], p_new)
 
-    # Both user-level selectors start from the best global blend of the (support-pretrained) models,
-    # fitted on the meta-training users' query rows: out-of-sample for those models.
+    # The best global blend of the (support-pretrained) models, fitted on the meta-training users'
+    # query rows (out-of-sample for those models): a baseline row of its own, applied to the single
+    # models, and with selector_start = "global-mixture" both user-level selectors' starting point.
     base_meta = base_all if config.meta_pretrain_on == "support" else torch.as_tensor(
         _probabilities(support_models, tensors, all_rows, device))
-    start_logits = None
-    if config.selector_start == "global-mixture":
-        query_rows = np.concatenate([t.query for t in train_tasks])
-        start_logits = global_mixture_logits(base_meta[query_rows], tensors.labels[query_rows])
-        result.notes["global_mixture"] = dict(zip(support_models, torch.softmax(start_logits, 0).tolist(),
-                                                  strict=True))
+    query_rows = np.concatenate([t.query for t in train_tasks])
+    blend_logits = global_mixture_logits(base_meta[query_rows], tensors.labels[query_rows])
+    blend = torch.softmax(blend_logits, 0).numpy().astype(np.float64)
+    result.notes["global_blend_weights"] = dict(zip(support_models, blend.tolist(), strict=True))
+    _evaluate(result.rows, "Global Blend", users, labels, single_test @ blend)
+    start_logits = blend_logits if config.selector_start == "global-mixture" else None
 
     def new_selector() -> Selector:
         torch.manual_seed(seed)

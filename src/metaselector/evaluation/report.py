@@ -12,7 +12,7 @@ from ..io_utils import atomic_write, atomic_write_text
 from .metrics import relimpr
 
 ORACLES = ("Perfect Sample-level Selector", "Perfect User-level Selector")
-ROW_ORDER = ("LR", "FM", "FFM", "DeepFM", *ORACLES, "Sample-level Selector", "MetaSelector",
+ROW_ORDER = ("LR", "FM", "FFM", "DeepFM", *ORACLES, "Sample-level Selector", "Global Blend", "MetaSelector",
              "MetaSelector-Simplified")
 
 

@@ -20,7 +20,7 @@ Meta-testing reuses steps 1 to 3 without the outer step.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -279,13 +279,27 @@ class MetaLearner:
                 self.alpha[n].copy_(a)
 
     def fit(self, data: TensorData, train_tasks: list[UserTask], valid_tasks: list[UserTask], seed: int,
-            progress: bool = True, desc: str = "MetaSelector") -> MetaHistory:
-        """Episodes of m users, epochs over the users; early stopping on held-out users."""
+            progress: bool = True, desc: str = "MetaSelector",
+            criterion: Callable[[], float] | None = None) -> MetaHistory:
+        """Episodes of m users, epochs over the users; early stopping on `criterion()` (lower is
+        better) if given, else on the query LogLoss of the held-out users `valid_tasks` (which is
+        recorded either way)."""
         rng = np.random.default_rng(seed)
         history = MetaHistory()
         best_state = self.state()
-        history.best_validation = self.query_loss(data, valid_tasks) if valid_tasks else float("inf")
-        history.epochs.append({"epoch": 0, "validation_logloss": history.best_validation})
+
+        def validate(record: dict) -> float:
+            if valid_tasks:
+                record["held_out_users_query_logloss"] = self.query_loss(data, valid_tasks)
+            if criterion is not None:
+                record["validation_logloss"] = criterion()
+            else:
+                record["validation_logloss"] = record.get("held_out_users_query_logloss", -record["epoch"])
+            return record["validation_logloss"]
+
+        record: dict = {"epoch": 0}
+        history.best_validation = validate(record) if valid_tasks or criterion else float("inf")
+        history.epochs.append(record)
         bad = 0
         m = self.settings.users_per_episode
         for epoch in range(1, self.settings.epochs + 1):
@@ -299,9 +313,9 @@ class MetaLearner:
                 losses.append(self.meta_step(data, [train_tasks[i] for i in order[start:start + m]]))
                 if len(losses) % 10 == 0:
                     bar.set_postfix(query_loss=f"{np.mean(losses[-50:]):.4f}")
-            validation = self.query_loss(data, valid_tasks) if valid_tasks else -epoch
-            history.epochs.append({"epoch": epoch, "train_query_loss": float(np.mean(losses)),
-                                   "validation_logloss": validation})
+            record = {"epoch": epoch, "train_query_loss": float(np.mean(losses))}
+            validation = validate(record)
+            history.epochs.append(record)
             if validation < history.best_validation - 1e-6:
                 history.best_validation, history.best_epoch, bad = validation, epoch, 0
                 best_state = self.state()

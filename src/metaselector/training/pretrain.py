@@ -161,11 +161,13 @@ def pretrain(
 ) -> PretrainResult:
     """Train `model` on `rows` (a validation slice of them held out), keep the best epoch.
 
-    Warm start (continue training a pretrained model on more rows): pass the earlier run's
-    `valid_rows` (held out again, so they stay unseen) and `optimizer_state`; the starting
-    weights count as epoch 0, so they are kept if no epoch improves on them.
+    `valid_rows`: the rows to hold out (e.g. one slice shared by several models); by default a
+    random `validation_fraction` of `rows`. Warm start (continue training a pretrained model on
+    more rows): pass the earlier run's `valid_rows` (held out again, so they stay unseen) and
+    `optimizer_state`; the starting weights count as epoch 0, so they are kept if no epoch
+    improves on them.
     """
-    warm_start = valid_rows is not None
+    warm_start = optimizer_state is not None
     if valid_rows is None:
         shuffled = np.random.default_rng(seed).permutation(rows)
         n_valid = max(1, int(round(len(rows) * settings.validation_fraction)))
