@@ -207,3 +207,13 @@ def test_shipped_files_match_published_checksums(tmp_path):
         handle.write("1,1,4.0,964982703\n")
     with pytest.raises(InputError, match="ratings.csv: sha256"):
         verify_builtin(tmp_path / "copy")
+
+
+def test_config_file_with_unknown_choice_exits_2_naming_file_and_setting(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('meta_stop_on = "test-rows"\n')
+    result = _cli("reproduce", "--config", str(config), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "run.toml" in result.stderr and "meta_stop_on" in result.stderr and "held-out-rows" in result.stderr
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -10,7 +10,7 @@ from benchmarks.dense_reference import dense_episode_backward
 from metaselector.config import RunConfig
 from metaselector.data.splits import split_users
 from metaselector.models import ModelSettings, build_model
-from metaselector.pipeline import reproduce, tasks_for
+from metaselector.pipeline import holdout_rows, reproduce, tasks_for
 from metaselector.selection.ensemble import Ensemble
 from metaselector.selection.meta import MetaLearner, MetaSettings
 from metaselector.selection.selector import Selector
@@ -153,7 +153,8 @@ def test_reproduce_is_deterministic_and_complete(ml1m_fixture, tmp_path):
     assert set(a) == {"dataset", "statistics", "rows", "user_proportions", "seeds", "wall_seconds", "new_user_rows"}
     assert a["rows"] == b["rows"]
     expected = {"LR", "FM", "FFM", "DeepFM", "Perfect Sample-level Selector", "Perfect User-level Selector",
-                "Sample-level Selector", "MetaSelector", "MetaSelector-Simplified", "LR + per-user adaptation",
+                "Sample-level Selector", "Global Blend", "MetaSelector", "MetaSelector-Simplified",
+                "LR + per-user adaptation",
                 "DeepFM + per-user adaptation"}
     assert expected <= set(a["rows"])
     for row in a["rows"].values():
@@ -165,6 +166,39 @@ def test_reproduce_is_deterministic_and_complete(ml1m_fixture, tmp_path):
     rows = a["rows"]
     best_single = min(rows[m]["logloss"] for m in ["LR", "FM", "FFM", "DeepFM"])
     assert rows["Perfect User-level Selector"]["logloss"] <= best_single
+
+
+def test_meta_training_never_sees_the_rows_it_stops_on(ml1m_fixture, tmp_path, monkeypatch):
+    """The base models' shared validation slice is left out of every meta-training episode, and
+    MetaSelector's best epoch is the one with the lowest test-time-setup LogLoss on it."""
+    seen, fits = [], []
+    meta_step, fit = MetaLearner.meta_step, MetaLearner.fit
+
+    def recording_step(self, data, tasks):
+        seen.extend(np.concatenate([np.concatenate([t.support, t.query]) for t in tasks]).tolist())
+        return meta_step(self, data, tasks)
+
+    def recording_fit(self, *args, **kwargs):
+        history = fit(self, *args, **kwargs)
+        fits.append((kwargs.get("criterion"), history))
+        return history
+
+    monkeypatch.setattr(MetaLearner, "meta_step", recording_step)
+    monkeypatch.setattr(MetaLearner, "fit", recording_fit)
+    config = replace(RunConfig(dataset="movielens-1m"), **{**TINY, "meta_epochs": 2}, meta_patience=5,
+                     ablations=False)
+    torch.set_num_threads(1)
+    reproduce(config, ml1m_fixture, tmp_path, progress=False, log=lambda m: None)
+    split = split_users(ml1m_fixture.users, ml1m_fixture.timestamps, seed=0)
+    holdout = holdout_rows(split.support, config.validation_fraction, seed=0)
+    assert len(holdout) > 0 and seen
+    assert not set(seen) & set(holdout.tolist())
+    criterion, history = fits[0]
+    assert criterion is not None and len(history.epochs) == 3
+    losses = [e["validation_logloss"] for e in history.epochs]
+    assert all("held_out_users_query_logloss" in e for e in history.epochs)
+    assert history.best_epoch == int(np.argmin(losses))
+    assert history.best_validation == pytest.approx(min(losses))
 
 
 def test_reproduce_runs_on_every_format_fixture(tmp_path):
