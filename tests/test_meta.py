@@ -162,6 +162,8 @@ def test_reproduce_is_deterministic_and_complete(ml1m_fixture, tmp_path):
     assert sum(a["user_proportions"].values()) == pytest.approx(1.0)
     assert (tmp_path / "a" / "figures" / "figure3b_metaselector_vs_best.png").stat().st_size > 1000
     assert "(oracle)" in (tmp_path / "a" / "report.md").read_text()
+    notes = json.loads((tmp_path / "a" / "training_notes.json").read_text())
+    assert notes["seed 0"]["MetaSelector"]["epochs"][0]["epoch"] == 0
     # oracles over the single models are never worse than any single model
     rows = a["rows"]
     best_single = min(rows[m]["logloss"] for m in ["LR", "FM", "FFM", "DeepFM"])

@@ -139,6 +139,21 @@ def write_report(out_dir: Path, dataset: str, statistics: dict, rows: dict, new_
               "## Time per stage (seconds, summed over seeds) and the process's peak memory so far",
               "| stage | seconds | peak MB |\n|---|---|---|\n"
               + "\n".join(f"| {k} | {v:.1f} | {peak:.0f} |" for k, (v, peak) in stages.items()),
-              "## Training notes", "```json\n" + json.dumps(notes, indent=1, default=str)[:20000] + "\n```",
+              "## Training notes",
+              "Every learner's history (per epoch: validation LogLoss and what it was measured on), "
+              "splits and fitted weights, per seed, are in `training_notes.json`. Best epochs:",
+              _best_epochs(notes),
               "## Resolved configuration", "```toml\n" + config_toml + "```"]
+    atomic_write_text(out_dir / "training_notes.json", json.dumps(notes, indent=1, default=str) + "\n")
     atomic_write_text(out_dir / "report.md", "\n\n".join(parts) + "\n")
+
+
+def _best_epochs(notes: dict) -> str:
+    """One line per seed and learner: the epoch kept and its validation LogLoss."""
+    lines = ["| seed | learner | best epoch | validation LogLoss |", "|---|---|---|---|"]
+    for seed, seed_notes in notes.items():
+        for name, value in seed_notes.items():
+            if isinstance(value, dict) and "best_epoch" in value:
+                loss = value.get("validation_logloss", value.get("validation_cross_entropy", float("nan")))
+                lines.append(f"| {seed} | {name} | {value['best_epoch']} | {loss:.5f} |")
+    return "\n".join(lines)
