@@ -140,13 +140,15 @@ def _pretrain_set(config, data, tensors, rows, seed, device, progress, tag, chec
     for index, name in enumerate(config.models):
         torch.manual_seed(seed * 1000 + index)
         model = build_model(name, data.layout, model_settings(config, name)).to(device)
-        warm = {} if holdout is None else {"valid_rows": holdout}
+        held_out = {} if holdout is None else {"valid_rows": holdout}
         if start is not None:
             model.load_state_dict(start[0][name].state_dict())
-            warm = {"valid_rows": start[1][name].valid_rows, "optimizer_state": start[1][name].optimizer_state}
-        # A continuation draws its own batch order (seed + 500), not the support run's again.
-        result = pretrain(model, tensors, rows, pretrain_settings(config), seed=seed * 1000 + index + 500 * bool(warm),
-                          device=device, progress=progress, desc=f"{name} ({tag})", **warm)
+            held_out = {"valid_rows": start[1][name].valid_rows, "optimizer_state": start[1][name].optimizer_state}
+        # Batch orders are drawn from seed + 500; a continuation's differ from the support run's
+        # because it shuffles a different set of rows.
+        batch_seed = seed * 1000 + index + 500 * bool(held_out)
+        result = pretrain(model, tensors, rows, pretrain_settings(config), seed=batch_seed,
+                          device=device, progress=progress, desc=f"{name} ({tag})", **held_out)
         if checkpoint_dir is not None:
             save_checkpoint(checkpoint_dir / tag / f"{name}.pt", name, model, result.optimizer_state)
         models[name], results[name] = model, result

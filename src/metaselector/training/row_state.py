@@ -36,6 +36,14 @@ class RowStore:
         return torch.Size((self.slot.shape[0], *self.values.shape[1:]))
 
     @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @property
     def stored_rows(self) -> int:
         return self.count - 1
 
@@ -99,7 +107,7 @@ class LazyRowAdam:
         self.targets, self.lrs, self.betas, self.eps = targets, lrs, betas, eps
         self.steps = 0
         # exp_avg and exp_avg_sq of one row side by side: [slots, 2, *row_shape]
-        self.moments = {n: RowStore(t.shape[0], (2, *t.shape[1:]), 0.0, _dtype(t), _device(t))
+        self.moments = {n: RowStore(t.shape[0], (2, *t.shape[1:]), 0.0, t.dtype, t.device)
                         for n, t in targets.items()}
 
     @torch.no_grad()
@@ -129,11 +137,3 @@ class LazyRowAdam:
     def load_state_dict(self, state: dict) -> None:
         self.steps = state["steps"]
         self.moments = {n: s.clone() for n, s in state["moments"].items()}
-
-
-def _dtype(t: torch.Tensor | RowStore) -> torch.dtype:
-    return t.values.dtype if isinstance(t, RowStore) else t.dtype
-
-
-def _device(t: torch.Tensor | RowStore) -> torch.device:
-    return t.values.device if isinstance(t, RowStore) else t.device
