@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from ..errors import ConfigError, InputError
 from .sources import RawData
+
+if TYPE_CHECKING:
+    from .encoder import FeatureEncoder
 
 SOURCES = ("user", "item", "item_tags", "history_items", "history_tags", "dow", "season")
 
@@ -129,6 +131,7 @@ class EncodedDataset:
     timestamps: np.ndarray  # int64 [N]
     user_names: np.ndarray  # original user id per user code (strings)
     dropped: dict[str, int] = field(default_factory=dict)
+    encoder: FeatureEncoder | None = field(default=None, repr=False)  # encodes new events the same way
 
     @property
     def num_users(self) -> int:
@@ -188,132 +191,29 @@ def history_positions(users: np.ndarray, timestamps: np.ndarray, length: int) ->
     return np.where(valid, positions, 0), valid
 
 
-def _categorical(values: pd.Series | np.ndarray) -> tuple[np.ndarray, list[str]]:
-    codes, uniques = pd.factorize(pd.Series(values).astype(str), sort=True)
-    unknown = np.isin(np.asarray(uniques), ["nan", "None", ""])
-    if unknown.any():  # missing side information becomes padding id 0
-        remap = np.cumsum(~unknown) - 1
-        remap[unknown] = -1
-        codes = np.where(codes >= 0, remap[codes], -1)
-        uniques = np.asarray(uniques)[~unknown]
-    return codes.astype(np.int64), [str(u) for u in uniques]
+def encode(raw: RawData, spec: FeatureSpec, label_threshold: float | None = 4.0) -> EncodedDataset:
+    """Encode a parsed dataset into the global feature space of `spec`: every event with the
+    user's earlier events as its history, sorted by user, then time, then item."""
+    from .encoder import FeatureEncoder, LabelRule
 
-
-def encode(raw: RawData, spec: FeatureSpec) -> EncodedDataset:
-    """Encode a parsed dataset into the global feature space of `spec`."""
+    encoder = FeatureEncoder.fit(raw, spec, LabelRule(label_threshold))
     frame = raw.interactions
-    if len(frame) == 0:
-        raise InputError(f"{raw.files[0] if raw.files else raw.name}: no interactions")
-    user_codes, user_vocab = _categorical(frame["user"])
-    item_codes, item_vocab = _categorical(frame["item"])
+    user_codes = encoder._lookups["@user"](frame["user"])
+    item_codes = encoder._lookups["@item"](frame["item"])
     timestamps = frame["timestamp"].to_numpy(dtype=np.int64)
     order = np.lexsort((item_codes, timestamps, user_codes))
     frame = frame.iloc[order].reset_index(drop=True)
-    user_codes, item_codes, timestamps = user_codes[order], item_codes[order], timestamps[order]
-    n = len(frame)
-
-    # Tags of each item (genres, categories): codes [n_items, T].
-    tag_lists = [raw.item_tags.get(_native(name), []) for name in _item_keys(frame, item_codes, item_vocab)]
-    tag_vocab = sorted({t for tags in tag_lists for t in tags})
-    tag_index = {t: i for i, t in enumerate(tag_vocab)}
-    tag_rows = np.repeat(np.arange(len(tag_lists)), [len(t) for t in tag_lists])
-    tag_codes = np.array([tag_index[t] for tags in tag_lists for t in tags], dtype=np.int64)
-    item_tag_codes, _ = bag(tag_rows, tag_codes, len(tag_lists), spec.max_tags)
-
-    hist_pos, hist_valid = None, None
-    if any(f.source.startswith("history") for f in spec.fields):
-        hist_pos, hist_valid = history_positions(user_codes, timestamps, spec.history_length)
-
-    blocks_ids: list[np.ndarray] = []
-    blocks_weights: list[np.ndarray] = []
-    fields: list[Field] = []
-    offset, slot = 1, 0
-    for fs in spec.fields:
-        if fs.source == "user":
-            codes, vocab, kind = user_codes[:, None], user_vocab, "categorical"
-            weights = np.ones((n, 1), dtype=np.float32)
-        elif fs.source == "item":
-            codes, vocab, kind = item_codes[:, None], item_vocab, "categorical"
-            weights = np.ones((n, 1), dtype=np.float32)
-        elif fs.source.startswith("col:"):
-            column = _column(frame, fs.source[4:], fs.name)
-            values, vocab = _categorical(frame[column])
-            codes, kind = values[:, None], "categorical"
-            weights = (codes >= 0).astype(np.float32)
-        elif fs.source.startswith("multi:"):
-            column = _column(frame, fs.source[6:], fs.name)
-            exploded = frame[column].astype(str).str.split(spec.multi_separator).explode()
-            exploded = exploded[exploded.str.len() > 0]
-            values, vocab = _categorical(exploded)
-            codes, weights = bag(exploded.index.to_numpy(), values, n, spec.max_tags)
-            kind = "multi-hot"
-        elif fs.source == "item_tags":
-            codes, vocab, kind = item_tag_codes[item_codes], tag_vocab, "multi-hot"
-            weights = _mean_weights(codes)
-        elif fs.source == "history_items":
-            codes = np.where(hist_valid, item_codes[hist_pos], -1)
-            vocab, kind = item_vocab, "multi-hot"
-            weights = _mean_weights(codes)
-        elif fs.source == "history_tags":
-            per_row = item_tag_codes[item_codes[hist_pos]]  # [n, L, T]
-            per_row[~hist_valid] = -1
-            flat = per_row.reshape(n, -1)
-            rows, cols = np.nonzero(flat >= 0)
-            codes, weights = bag(rows, flat[rows, cols], n, spec.max_history_tags)
-            vocab, kind = tag_vocab, "multi-hot"
-        elif fs.source == "dow":
-            codes = ((timestamps // 86400 + 3) % 7)[:, None]  # 1970-01-01 was a Thursday; Monday = 0
-            vocab, kind = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"], "categorical"
-            weights = np.ones((n, 1), dtype=np.float32)
-        elif fs.source == "season":
-            month = pd.to_datetime(timestamps, unit="s").month.to_numpy()
-            codes = ((month % 12) // 3)[:, None]  # 0 winter (Dec-Feb), 1 spring, 2 summer, 3 autumn
-            vocab, kind = ["winter", "spring", "summer", "autumn"], "categorical"
-            weights = np.ones((n, 1), dtype=np.float32)
-        else:
-            raise ConfigError(f"feature field '{fs.name}': unknown source '{fs.source}' "
-                              f"(expected one of {', '.join(SOURCES)}, col:NAME, multi:NAME)")
-        codes = np.asarray(codes, dtype=np.int64)
-        ids = np.where(codes >= 0, codes + offset, 0).astype(np.int32)
-        weights = np.where(codes >= 0, weights, 0).astype(np.float32)
-        width = ids.shape[1]
-        fields.append(Field(fs.name, kind, offset, len(vocab), slot, slot + width, list(map(str, vocab))))
-        blocks_ids.append(ids)
-        blocks_weights.append(weights)
-        offset += len(vocab)
-        slot += width
+    encoded = encoder.encode(frame)
     return EncodedDataset(
         name=raw.name,
-        layout=FeatureLayout(fields, offset),
-        ids=np.ascontiguousarray(np.concatenate(blocks_ids, axis=1)),
-        weights=np.ascontiguousarray(np.concatenate(blocks_weights, axis=1)),
+        layout=encoder.layout,
+        ids=encoded.ids,
+        weights=encoded.weights,
         labels=frame["label"].to_numpy(dtype=np.float32),
-        users=user_codes,
-        items=item_codes,
-        timestamps=timestamps,
-        user_names=np.asarray(user_vocab, dtype=str),
+        users=user_codes[order],
+        items=item_codes[order],
+        timestamps=timestamps[order],
+        user_names=np.asarray(encoder.vocabularies["@user"], dtype=str),
         dropped=dict(raw.dropped),
+        encoder=encoder,
     )
-
-
-def _mean_weights(codes: np.ndarray) -> np.ndarray:
-    present = (codes >= 0).astype(np.float32)
-    totals = present.sum(axis=1, keepdims=True)
-    return np.divide(present, totals, out=np.zeros_like(present), where=totals > 0)
-
-
-def _column(frame: pd.DataFrame, column: str, field_name: str) -> str:
-    if column not in frame.columns:
-        raise InputError(f"feature field '{field_name}': column '{column}' is not in the data")
-    return column
-
-
-def _item_keys(frame: pd.DataFrame, item_codes: np.ndarray, item_vocab: list[str]) -> list[object]:
-    """Original item ids (not their string form) in code order, to look up item tags."""
-    first = np.zeros(len(item_vocab), dtype=np.int64)
-    first[item_codes] = np.arange(len(item_codes))  # any row of the item will do
-    return list(frame["item"].to_numpy()[first])
-
-
-def _native(value: object) -> object:
-    return value.item() if isinstance(value, np.generic) else value

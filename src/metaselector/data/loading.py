@@ -13,7 +13,8 @@ import numpy as np
 from ..errors import InputError
 from ..io_utils import atomic_write, cache_home, sha256_of
 from .download import download_dataset
-from .features import FEATURE_SPECS, EncodedDataset, FeatureLayout, FeatureSpec, custom_feature_spec, encode
+from .encoder import FeatureEncoder
+from .features import FEATURE_SPECS, EncodedDataset, FeatureSpec, custom_feature_spec, encode
 from .registry import ML_LATEST_SMALL_SHA256, builtin_ml_latest_small, dataset_info
 from .sources import (
     CustomSpec,
@@ -25,7 +26,7 @@ from .sources import (
     load_movielens_100k,
 )
 
-CACHE_FORMAT = 1  # bump when the encoding changes, so stale caches are not reused
+CACHE_FORMAT = 2  # bump when the encoding changes, so stale caches are not reused
 
 _ARCHIVES = {"movielens-1m": ("ml-1m", "ml-1m.zip"), "movielens-100k": ("ml-100k", "ml-100k.zip")}
 
@@ -145,14 +146,15 @@ def load_dataset(
             return _read_cache(cache_path)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             log(f"note: ignoring unreadable cache {cache_path}")
-    encoded = encode(load_raw(name, folder, custom), spec)
+    threshold = (custom.threshold if custom.rating else None) if custom is not None else 4.0
+    encoded = encode(load_raw(name, folder, custom), spec, label_threshold=threshold)
     if use_cache:
         _write_cache(cache_path, encoded)
     return encoded
 
 
 def _write_cache(path: Path, data: EncodedDataset) -> None:
-    meta = json.dumps({"name": data.name, "layout": data.layout.to_dict(), "dropped": data.dropped})
+    meta = json.dumps({"name": data.name, "encoder": data.encoder.to_dict(), "dropped": data.dropped})
     with atomic_write(path) as handle:
         np.savez(handle, ids=data.ids, weights=data.weights, labels=data.labels, users=data.users,
                  items=data.items, timestamps=data.timestamps, user_names=data.user_names,
@@ -162,8 +164,9 @@ def _write_cache(path: Path, data: EncodedDataset) -> None:
 def _read_cache(path: Path) -> EncodedDataset:
     with np.load(path, allow_pickle=False) as stored:
         meta = json.loads(stored["meta"].tobytes().decode())
+        encoder = FeatureEncoder.from_dict(meta["encoder"])
         return EncodedDataset(
-            name=meta["name"], layout=FeatureLayout.from_dict(meta["layout"]), ids=stored["ids"],
+            name=meta["name"], layout=encoder.layout, encoder=encoder, ids=stored["ids"],
             weights=stored["weights"], labels=stored["labels"], users=stored["users"],
             items=stored["items"], timestamps=stored["timestamps"], user_names=stored["user_names"],
             dropped=meta["dropped"],
