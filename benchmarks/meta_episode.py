@@ -7,7 +7,7 @@ fields) and Amazon-Electronics-like (about 320,000 features, 6 fields).
 
   ours    this project's MetaLearner.meta_step (rows a user touches only; lazy row-wise Adam,
           Meta-SGD rates and moments stored only for rows touched)
-  dense   benchmarks/dense_reference.py: a dense per-user copy of every parameter
+  dense   metaselector/selection/dense_reference.py: a dense per-user copy of every parameter
   higher  the same episode with the `higher` library (innerloop_ctx, per-parameter lr override)
 
     pip install -e ".[bench]"
@@ -94,7 +94,7 @@ def run_ours(layout, tensors, tasks, vocab, episodes):
 
 
 def run_dense(layout, tensors, tasks, vocab, episodes):
-    from benchmarks.dense_reference import dense_episode_backward
+    from metaselector.selection.dense_reference import dense_episode_backward
 
     ensemble = build(layout, vocab)
     alpha = {n: torch.full_like(p, 0.001, requires_grad=True) for n, p in ensemble.named_parameters()}

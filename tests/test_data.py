@@ -3,15 +3,17 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
 
 from metaselector.data.features import bag, history_positions
 from metaselector.data.loading import load_dataset
 from metaselector.data.splits import split_users
 from metaselector.errors import InputError
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def test_ml_latest_small_statistics(ml_small):
@@ -211,9 +213,9 @@ def test_shipped_files_match_published_checksums(tmp_path):
 
 def test_config_file_with_unknown_choice_exits_2_naming_file_and_setting(tmp_path):
     config = tmp_path / "run.toml"
-    config.write_text('meta_stop_on = "test-rows"\n')
+    config.write_text('[meta]\nstop_on = "test-rows"\n')
     result = _cli("reproduce", "--config", str(config), "--out", str(tmp_path / "out"))
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert "run.toml" in result.stderr and "meta_stop_on" in result.stderr and "held-out-rows" in result.stderr
+    assert "run.toml" in result.stderr and "meta.stop_on" in result.stderr and "held-out-rows" in result.stderr
     assert not (tmp_path / "out" / "results.json").exists()

@@ -1,12 +1,15 @@
 """Online encoding (one user's raw events at request time) equals offline encoding, row for row."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FIXTURES
 
 from metaselector.data.encoder import FeatureEncoder
 from metaselector.data.loading import load_dataset
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def _raw_events(data):

@@ -1,21 +1,25 @@
 import json
-from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES
 
-from benchmarks.dense_reference import dense_episode_backward
 from metaselector.config import RunConfig
 from metaselector.data.splits import split_users
 from metaselector.models import ModelSettings, build_model
-from metaselector.pipeline import holdout_rows, reproduce, tasks_for
+from metaselector.pipeline import reproduce
+from metaselector.selection.dense_reference import dense_episode_backward
 from metaselector.selection.ensemble import Ensemble
 from metaselector.selection.meta import MetaLearner, MetaSettings
 from metaselector.selection.selector import Selector
+from metaselector.selection.tasks import tasks_for
+from metaselector.settings import merge
+from metaselector.training.base_models import holdout_rows
 from metaselector.training.row_state import RowStore
 from metaselector.training.tensors import TensorData
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def _learner(data, first_order=False, dtype=torch.float64, seed=0):
@@ -139,12 +143,16 @@ def test_meta_step_updates_only_episode_rows(ml1m_fixture):
         assert len(moved) > 0 and set(moved.tolist()) <= set(used.tolist()), n
 
 
-TINY = dict(seeds=1, pretrain_epochs=1, meta_epochs=1, sample_selector_epochs=1, embedding_dim=4,
-            deepfm_hidden=[8], selector_hidden=[8], sample_selector_hidden=[8], batch_size=256)
+TINY = {"seeds": 1, "embedding_dim": 4, "deepfm_hidden": [8], "pretrain": {"epochs": 1, "batch_size": 256},
+        "meta": {"epochs": 1, "selector_hidden": [8]}, "sample_level": {"epochs": 1, "hidden": [8]}}
+
+
+def tiny(dataset: str, **overrides) -> RunConfig:
+    return RunConfig.from_dict(merge({**TINY, "dataset": dataset}, overrides))
 
 
 def test_reproduce_is_deterministic_and_complete(ml1m_fixture, tmp_path):
-    config = replace(RunConfig(dataset="movielens-1m"), **TINY, new_users=0.2)
+    config = tiny("movielens-1m", new_users=0.2)
     torch.set_num_threads(1)
     reproduce(config, ml1m_fixture, tmp_path / "a", progress=False, log=lambda m: None)
     reproduce(config, ml1m_fixture, tmp_path / "b", progress=False, log=lambda m: None)
@@ -187,12 +195,11 @@ def test_meta_training_never_sees_the_rows_it_stops_on(ml1m_fixture, tmp_path, m
 
     monkeypatch.setattr(MetaLearner, "meta_step", recording_step)
     monkeypatch.setattr(MetaLearner, "fit", recording_fit)
-    config = replace(RunConfig(dataset="movielens-1m"), **{**TINY, "meta_epochs": 2}, meta_patience=5,
-                     ablations=False)
+    config = tiny("movielens-1m", meta={"epochs": 2, "patience": 5}, ablations=False)
     torch.set_num_threads(1)
     reproduce(config, ml1m_fixture, tmp_path, progress=False, log=lambda m: None)
     split = split_users(ml1m_fixture.users, ml1m_fixture.timestamps, seed=0)
-    holdout = holdout_rows(split.support, config.validation_fraction, seed=0)
+    holdout = holdout_rows(split.support, config.pretrain.validation_fraction, seed=0)
     assert len(holdout) > 0 and seen
     assert not set(seen) & set(holdout.tolist())
     criterion, history = fits[0]
@@ -208,7 +215,7 @@ def test_reproduce_runs_on_every_format_fixture(tmp_path):
 
     for name, folder in [("movielens-100k", "ml-100k"), ("amazon-electronics", "amazon")]:
         data = load_dataset(name, FIXTURES / folder, log=lambda m: None)
-        config = replace(RunConfig(dataset=name), **TINY, ablations=False)
+        config = tiny(name, ablations=False)
         summary = reproduce(config, data, tmp_path / name, progress=False, log=lambda m: None)
         assert np.isfinite(summary["rows"]["MetaSelector"]["auc"])
 

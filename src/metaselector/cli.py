@@ -117,22 +117,14 @@ def synth(like: str, users: int | None, seed: int, out: Path) -> None:
 def reproduce(dataset, data_dir, data_file, columns_file, out, seeds, config_file, device, split, new_users,
               threads, quiet) -> None:
     """Run Tables 1 and 3 and Figure 3 end to end; write results.json, report.md, figures."""
-    from dataclasses import replace
-
     from .config import load_config
     from .data.loading import load_dataset
-    from .errors import ConfigError
     from .pipeline import reproduce as run
 
-    config = load_config(dataset, config_file)
     overrides = {k: v for k, v in {"seeds": seeds, "device": device, "split": split, "new_users": new_users,
                                    "threads": threads}.items() if v is not None}
-    config = replace(config, dataset=dataset, **overrides)
-    if config.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA device is available to torch")
+    config = load_config(dataset, config_file, overrides)
+    _check_device(config.device)
     out = out or Path("runs") / dataset
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     data = load_dataset(dataset, data_dir, custom=_custom_spec(data_file, columns_file), log=log)
@@ -140,6 +132,16 @@ def reproduce(dataset, data_dir, data_file, columns_file, out, seeds, config_fil
     for name, row in summary["rows"].items():
         click.echo(f"{name:<36} AUC {row['auc']:.4f}  LogLoss {row['logloss']:.5f}  RelImpr {row['relimpr']:+.2f}%")
     click.echo(f"wrote {out}/results.json, report.md, figures/ in {summary['wall_seconds']:.0f} s")
+
+
+def _check_device(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        from .errors import ConfigError
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is available to torch")
 
 
 def main() -> None:

@@ -11,6 +11,9 @@ import tomli_w
 
 from .data.sources import CustomSpec
 from .errors import ConfigError
+from .selection.meta import MetaSettings
+from .settings import AT_LEAST_ONE, NON_NEGATIVE, Interval, Options, build, merge, setting
+from .training.pretrain import PretrainSettings
 
 
 def _read_toml(path: Path) -> dict:
@@ -38,118 +41,93 @@ def read_custom_columns(data_file: Path, columns_file: Path | None) -> CustomSpe
 
 
 @dataclass
-class RunConfig:
-    """Everything a reproduce run depends on; written next to its results."""
+class SampleLevelSettings:
+    """The [sample_level] table: the sample-level selector baseline (paper 5.2)."""
 
-    dataset: str = "ml-latest-small"
-    seeds: int = 3
-    split: str = "random"  # or "temporal"
-    new_users: float = 0.0
-    device: str = "cpu"
-    threads: int = 0  # 0: torch's default
-    # Base models (paper 5.2): latent dimension, DeepFM MLP, dropout (0.1 = keep 0.9).
-    models: list[str] = field(default_factory=lambda: ["LR", "FM", "FFM", "DeepFM"])
-    embedding_dim: int = 10
-    deepfm_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
-    dropout: float = 0.1
-    # Pretraining (paper 5.3): FTRL for LR, Adam for the rest, batch 1000.
-    batch_size: int = 1000
-    pretrain_epochs: int = 30
-    patience: int = 2
-    validation_fraction: float = 0.1
-    adam_lr: float = 0.001
-    l2_embedding: float = 1e-6
-    ftrl_alpha: float = 8.0
-    ftrl_beta: float = 1.0
-    ftrl_l1: float = 0.0
-    ftrl_l2: float = 1e-4
-    # Models over at least this many features update only the table rows a batch uses (lazy
-    # Adam) in pretraining; 0 = never. MovieLens vocabularies stay below it, Amazon's does not.
-    lazy_table_rows: int = 100_000
-    # Which training data MetaSelector's base models are pretrained on: "support" keeps the
-    # query sets out-of-sample for the selector (the single models are then these models
-    # trained on, warm, over all training rows); "train" uses all training data.
-    meta_pretrain_on: str = "support"
-    # With meta_pretrain_on = "support": at test time, every selector (MetaSelector, Simplified,
-    # sample-level, per-user adaptation) is applied to the single models (support models continued
-    # on all training rows), carrying over the change meta-training made to theta.
-    refit_base_models: bool = True
-    # Cap on episodes per meta-training epoch (0: every meta-training user once per epoch).
-    meta_max_episodes: int = 0
-    # MetaSelector (paper 5.3).
-    selector_hidden: list[int] = field(default_factory=lambda: [200, 200, 200])
-    # "global-mixture": the selector starts from the best single blend of the base models on the
-    # meta-training query rows (the Global Blend row); "uniform": from equal weights. With early
-    # stopping on the test-time setup, meta-training is kept only where it beats its start, so
-    # the start should be the best fixed blend.
-    selector_start: str = "global-mixture"
-    selector_uses_predictions: bool = True  # chosen by held-out users' query LogLoss
-    users_per_episode: int = 10
-    inner_steps: int = 1
-    inner_lr: float = 0.001  # Meta-SGD alpha initial value
-    outer_lr: float = 0.0001  # beta = alpha / 10
-    selector_outer_lr: float = 0.001
-    # Meta-SGD rates learn faster than theta: 1e-2 won on held-out users' query LogLoss over
-    # 1e-4 (= outer_lr, the paper's single beta), 1e-3 and 5e-2. 0 means: the same as outer_lr.
-    alpha_outer_lr: float = 0.01
-    meta_epochs: int = 8
-    meta_patience: int = 2
-    first_order: bool = False
-    meta_validation_users: float = 0.1
-    # What stops meta-training (and picks its best epoch). "held-out-rows": the test-time setup
-    # itself on rows no model has trained on: the selector and theta change applied to the
-    # single models, each checked user adapting on their other training rows and predicting
-    # their rows of the base models' shared validation slice (which meta-training never sees).
-    # "held-out-users": the query LogLoss of held-out training users, with the models
-    # meta-training uses (the paper's meta-validation).
-    meta_stop_on: str = "held-out-rows"
-    meta_check_users: int = 2000  # users sampled for "held-out-rows" (each check adapts them all)
-    # Sample-level selector (paper 5.2).
-    sample_selector_hidden: list[int] = field(default_factory=lambda: [400, 400, 400])
-    sample_selector_epochs: int = 20
-    ablations: bool = True
+    hidden: list[int] = setting([400, 400, 400], AT_LEAST_ONE, non_empty=True)
+    epochs: int = setting(20, AT_LEAST_ONE)
+
+
+@dataclass
+class RunConfig:
+    """Every setting a run depends on, defined once; written next to its results.
+
+    Top-level keys are the run and the base models; [pretrain], [meta] and [sample_level]
+    tables hold the training stages' settings. Presets and config files hold only what differs.
+    """
+
+    dataset: str = setting("ml-latest-small")
+    seeds: int = setting(3, AT_LEAST_ONE)
+    split: str = setting("random", Options(("random", "temporal")))
+    new_users: float = setting(0.0, Interval(0, 1, hi_open=True))
+    device: str = setting("cpu", Options(("cpu", "cuda")))
+    threads: int = setting(0, NON_NEGATIVE)  # 0: torch's default
+    # Base models (paper 5.2): registry names or "module:Class" / "path/to/file.py:Class".
+    models: list[str] = setting(["LR", "FM", "FFM", "DeepFM"], non_empty=True)
+    embedding_dim: int = setting(10, AT_LEAST_ONE)
+    deepfm_hidden: list[int] = setting([256, 256, 256], AT_LEAST_ONE, non_empty=True)
+    dropout: float = setting(0.1, Interval(0, 1, hi_open=True))  # 0.1 = keep 0.9
+    ablations: bool = setting(True)  # the "<model> + per-user adaptation" rows
+    pretrain: PretrainSettings = field(default_factory=PretrainSettings)
+    meta: MetaSettings = field(default_factory=MetaSettings)
+    sample_level: SampleLevelSettings = field(default_factory=SampleLevelSettings)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
     def to_toml(self) -> str:
-        return tomli_w.dumps(asdict(self))
+        return tomli_w.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "configuration", classes: dict | None = None,
+                  import_models: bool = True) -> RunConfig:
+        """Checked settings. Model names are resolved (imported) unless `import_models` is off or
+        the name is among `classes` (model classes the caller passes in)."""
+        return _checked(build(cls, values, where, moved=MOVED), where, classes or {}, import_models)
+
+
+# Flat names of earlier versions, so an old config file is told where a setting went.
+MOVED = {old: f"[{table}] {new}" for old, (table, new) in {
+    "pretrain_epochs": ("pretrain", "epochs"), "batch_size": ("pretrain", "batch_size"),
+    "patience": ("pretrain", "patience"), "validation_fraction": ("pretrain", "validation_fraction"),
+    "adam_lr": ("pretrain", "adam_lr"), "lazy_table_rows": ("pretrain", "lazy_table_rows"),
+    "meta_epochs": ("meta", "epochs"), "meta_patience": ("meta", "patience"),
+    "meta_max_episodes": ("meta", "max_episodes"), "users_per_episode": ("meta", "users_per_episode"),
+    "inner_steps": ("meta", "inner_steps"), "inner_lr": ("meta", "inner_lr"), "outer_lr": ("meta", "outer_lr"),
+    "alpha_outer_lr": ("meta", "alpha_outer_lr"), "selector_hidden": ("meta", "selector_hidden"),
+    "meta_stop_on": ("meta", "stop_on"), "meta_pretrain_on": ("meta", "pretrain_on"),
+    "selector_start": ("meta", "selector_start"), "meta_check_users": ("meta", "check_users"),
+    "sample_selector_epochs": ("sample_level", "epochs"), "sample_selector_hidden": ("sample_level", "hidden"),
+}.items()}
+
+
+def _checked(config: RunConfig, where: str, classes: dict, import_models: bool) -> RunConfig:
+    """Rules that join several settings or need the model registry."""
+    from .models import resolve_model
+
+    if len(set(config.models)) != len(config.models):
+        raise ConfigError(f"{where}: setting 'models' names a model twice: {config.models}")
+    for name in config.models:
+        if import_models and name not in classes:
+            resolve_model(name, where=where)
+    return config
+
+
+def _preset_values(dataset: str) -> dict:
+    resource = resources.files("metaselector") / "presets" / f"{dataset}.toml"
+    return tomllib.loads(resource.read_text()) if resource.is_file() else {}
 
 
 def preset(dataset: str) -> RunConfig:
-    """The paper's hyperparameters for a dataset (presets/<dataset>.toml), else defaults."""
-    config = RunConfig(dataset=dataset)
-    resource = resources.files("metaselector") / "presets" / f"{dataset}.toml"
-    if resource.is_file():
-        config = apply_overrides(config, tomllib.loads(resource.read_text()), source=str(resource))
-    return config
+    """The paper's hyperparameters for a dataset (presets/<dataset>.toml), else the defaults."""
+    return RunConfig.from_dict({**_preset_values(dataset), "dataset": dataset}, where=f"preset {dataset}")
 
 
-def apply_overrides(config: RunConfig, values: dict, source: str) -> RunConfig:
-    known = {f.name: f for f in fields(RunConfig)}
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(f"{source}: unknown setting '{key}'")
-        default = getattr(config, key)
-        if isinstance(default, bool) != isinstance(value, bool) or (
-            isinstance(default, (int, float)) and not isinstance(value, (int, float))
-        ) or (isinstance(default, str) and not isinstance(value, str)) or (
-            isinstance(default, list) and not isinstance(value, list)
-        ):
-            raise ConfigError(f"{source}: setting '{key}' must be {type(default).__name__}, got {value!r}")
-        if key in CHOICES and value not in CHOICES[key]:
-            raise ConfigError(f"{source}: setting '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}")
-    return replace(config, **values)
-
-
-CHOICES = {
-    "split": ("random", "temporal"),
-    "device": ("cpu", "cuda"),
-    "meta_pretrain_on": ("support", "train"),
-    "selector_start": ("uniform", "global-mixture"),
-    "meta_stop_on": ("held-out-rows", "held-out-users"),
-}
-
-
-def load_config(dataset: str, config_file: Path | None) -> RunConfig:
-    config = preset(dataset)
+def load_config(dataset: str, config_file: Path | None, overrides: dict | None = None) -> RunConfig:
+    """The dataset's preset, then the config file's values, then `overrides` (command-line
+    options): all checked, before any work."""
+    values = {**_preset_values(dataset), "dataset": dataset}
+    where = "configuration"
     if config_file is not None:
-        config = apply_overrides(config, _read_toml(config_file), source=str(config_file))
-    return config
+        values, where = merge(values, _read_toml(config_file)), str(config_file)
+    return RunConfig.from_dict(merge(values, overrides or {}), where=where)

@@ -28,3 +28,7 @@ class ConfigError(MetaSelectorError):
 
 class IncompleteDownload(DownloadError):
     """The connection dropped mid-file; the partial file is kept for the next run to resume."""
+
+
+class NotFittedError(MetaSelectorError):
+    """An estimator was used before `fit` or `load`."""

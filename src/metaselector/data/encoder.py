@@ -152,13 +152,28 @@ class FeatureEncoder:
         return v[fs.name], "categorical", 1
 
     # ---- encoding ------------------------------------------------------------------
-    def encode(self, events: pd.DataFrame, history: pd.DataFrame | None = None) -> EncodedEvents:
+    def lookup(self, vocabulary: str, values: pd.Series | np.ndarray) -> np.ndarray:
+        """Codes of raw values in a vocabulary ("@user", "@item", "@tag" or a side field); -1 = unknown."""
+        return self._lookups[vocabulary](values)
+
+    def encode(self, events: pd.DataFrame, history: pd.DataFrame | None = None,
+               groups: np.ndarray | None = None) -> EncodedEvents:
         """Encode `events` (columns user, item, timestamp, and rating or label where known, plus
         side columns that vary per event). Each event's history features come from `history`
-        (default: `events` themselves): the same user's events strictly before its timestamp."""
+        (default: `events` themselves): the same user's events strictly before its timestamp.
+        `groups` (with no `history`): one key per event that says whose history it belongs to,
+        in place of the user column (separate requests of one user stay apart)."""
         history = events if history is None else history
         n = len(events)
-        users = _group_codes(events["user"], history["user"])
+        for frame, what in ((events, "events"), (history, "history")):
+            missing = [c for c in ("user", "item", "timestamp") if c not in frame.columns]
+            if missing:
+                raise InputError(f"{what}: missing column(s) {', '.join(missing)}")
+        if groups is not None and history is events:
+            codes = pd.factorize(pd.Series(groups))[0].astype(np.int64)
+            users = (codes, codes)
+        else:
+            users = _group_codes(events["user"], history["user"])
         times = _timestamps(events["timestamp"], "timestamp")
         h_times = times if history is events else _timestamps(history["timestamp"], "history timestamp")
         item = self._lookups["@item"](events["item"])

@@ -132,6 +132,7 @@ class EncodedDataset:
     user_names: np.ndarray  # original user id per user code (strings)
     dropped: dict[str, int] = field(default_factory=dict)
     encoder: FeatureEncoder | None = field(default=None, repr=False)  # encodes new events the same way
+    sources: dict[str, str] = field(default_factory=dict)  # input file name -> SHA-256
 
     @property
     def num_users(self) -> int:
@@ -198,8 +199,8 @@ def encode(raw: RawData, spec: FeatureSpec, label_threshold: float | None = 4.0)
 
     encoder = FeatureEncoder.fit(raw, spec, LabelRule(label_threshold))
     frame = raw.interactions
-    user_codes = encoder._lookups["@user"](frame["user"])
-    item_codes = encoder._lookups["@item"](frame["item"])
+    user_codes = encoder.lookup("@user", frame["user"])
+    item_codes = encoder.lookup("@item", frame["item"])
     timestamps = frame["timestamp"].to_numpy(dtype=np.int64)
     order = np.lexsort((item_codes, timestamps, user_codes))
     frame = frame.iloc[order].reset_index(drop=True)

@@ -136,18 +136,22 @@ def load_dataset(
         if not path.is_file():
             raise InputError(f"{path}: file not found")
     digest = hashlib.sha256(f"{CACHE_FORMAT}|{name}|{spec.key()}".encode())
-    for path in files:
-        digest.update(sha256_of(path).encode())
+    sources = {path.name: sha256_of(path) for path in files}
+    for checksum in sources.values():
+        digest.update(checksum.encode())
     if custom is not None:
         digest.update(repr(custom).encode())
     cache_path = cache_home() / "processed" / f"{name}-{digest.hexdigest()[:20]}.npz"
     if use_cache and cache_path.is_file():
         try:
-            return _read_cache(cache_path)
+            cached = _read_cache(cache_path)
+            cached.sources = sources
+            return cached
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             log(f"note: ignoring unreadable cache {cache_path}")
     threshold = (custom.threshold if custom.rating else None) if custom is not None else 4.0
     encoded = encode(load_raw(name, folder, custom), spec, label_threshold=threshold)
+    encoded.sources = sources
     if use_cache:
         _write_cache(cache_path, encoded)
     return encoded

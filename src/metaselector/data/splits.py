@@ -47,8 +47,8 @@ def split_users(
     new_users: float = 0.0,
 ) -> Split:
     """Split rows (sorted by user) per user; see module docstring."""
-    if not 0 < test_fraction < 1 or not 0 < query_fraction < 1:
-        raise ConfigError("split fractions must lie strictly between 0 and 1")
+    if not 0 <= test_fraction < 1 or not 0 < query_fraction < 1:
+        raise ConfigError("split fractions must lie in [0, 1) (test) and (0, 1) (query)")
     if not 0 <= new_users < 1:
         raise ConfigError(f"--new-users must be in [0, 1), got {new_users}")
     rng = np.random.default_rng(seed)
@@ -56,7 +56,9 @@ def split_users(
     counts = np.bincount(users)
     n_train = np.rint(counts * (1 - test_fraction)).astype(np.int64)
     n_support = np.rint(n_train * (1 - query_fraction)).astype(np.int64)
-    big_enough = (counts >= MIN_SAMPLES) & (n_train < counts) & (n_support >= 1) & (n_support < n_train)
+    big_enough = (counts >= MIN_SAMPLES) & (n_support >= 1) & (n_support < n_train)
+    if test_fraction > 0:
+        big_enough &= n_train < counts
     # Rank each row within its user: by time (temporal) or by a random key.
     key = timestamps.astype(np.float64) + rng.random(n) * 1e-3 if temporal else rng.random(n)
     order = np.lexsort((key, users))

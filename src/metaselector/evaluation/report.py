@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +88,31 @@ def _table(rows: dict, with_std: bool) -> str:
     return "\n".join(lines)
 
 
-def write_report(out_dir: Path, dataset: str, statistics: dict, rows: dict, new_user_rows: dict | None,
-                 user_proportions: dict, paired: dict | None, seeds: list[int], stages: dict,
-                 wall_seconds: float, config_toml: str, figures: list[str], protocol: str, notes: dict,
-                 per_seed: dict[int, dict] | None = None) -> None:
+@dataclass
+class RunResult:
+    """Everything a reproduce run reports, aggregated over its seeds."""
+
+    dataset: str
+    statistics: dict
+    rows: dict  # Table 3: method -> metrics (means over seeds)
+    new_user_rows: dict | None
+    user_proportions: dict  # Table 1
+    paired: dict | None  # MetaSelector against the best single model, per user
+    seeds: list[int]
+    stages: dict  # stage -> (seconds, peak MB)
+    wall_seconds: float
+    config_toml: str
+    figures: list[str]
+    protocol: str
+    notes: dict  # per seed: every learner's training notes
+    per_seed: dict[int, dict] = field(default_factory=dict)
+
+
+def write_report(out_dir: Path, run: RunResult) -> None:
+    """results.json, config.toml, training_notes.json and report.md, each written atomically."""
+    dataset, statistics, rows, new_user_rows = run.dataset, run.statistics, run.rows, run.new_user_rows
+    user_proportions, paired, seeds, stages = run.user_proportions, run.paired, run.seeds, run.stages
+    wall_seconds, config_toml, per_seed, notes = run.wall_seconds, run.config_toml, run.per_seed, run.notes
     results = {
         "dataset": dataset,
         "statistics": {k: statistics[k] for k in ("users", "items", "samples", "features")},
@@ -134,8 +156,8 @@ def write_report(out_dir: Path, dataset: str, statistics: dict, rows: dict, new_
                   f"Wilcoxon signed-rank on per-user test LogLoss ({paired['baseline']}), seed {seeds[0]}: "
                   f"{paired['users']} users, mean difference {paired['mean_difference']:+.5f}, "
                   f"MetaSelector lower for {paired['users_better']} users, p = {paired['p_value']:.3g}."]
-    parts += ["## Figure 3: per-user test LogLoss", *[f"![{f}]({f})" for f in figures],
-              "## Protocol: what each method trained on", protocol,
+    parts += ["## Figure 3: per-user test LogLoss", *[f"![{f}]({f})" for f in run.figures],
+              "## Protocol: what each method trained on", run.protocol,
               "## Time per stage (seconds, summed over seeds) and the process's peak memory so far",
               "| stage | seconds | peak MB |\n|---|---|---|\n"
               + "\n".join(f"| {k} | {v:.1f} | {peak:.0f} |" for k, (v, peak) in stages.items()),

@@ -10,7 +10,10 @@ never notices.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -73,20 +76,58 @@ def register_model(name: str):
     return decorate
 
 
-def resolve_model(name: str) -> type[BaseModel]:
-    """A registered name (LR, FM, FFM, DeepFM), or `package.module:ClassName`."""
+def resolve_model(name: str, where: str = "configuration") -> type[BaseModel]:
+    """A registered name (LR, FM, FFM, DeepFM), `package.module:Class` importable from the
+    Python path or the current folder, or `path/to/file.py:Class`."""
     if name in MODEL_REGISTRY:
         return MODEL_REGISTRY[name]
-    if ":" in name:
-        module_name, _, class_name = name.partition(":")
+    if ":" not in name:
+        raise ConfigError(f"{where}: unknown model '{name}': expected one of {', '.join(MODEL_REGISTRY)}, "
+                          "module:Class or path/to/file.py:Class")
+    target, _, class_name = name.rpartition(":")
+    try:
+        module = _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
+        cls = getattr(module, class_name)
+    except (ImportError, AttributeError, OSError, SyntaxError) as err:
+        raise ConfigError(f"{where}: model '{name}': cannot import ({err})") from None
+    if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+        raise ConfigError(f"{where}: model '{name}': not a subclass of metaselector.models.BaseModel")
+    return cls
+
+
+def _import_module(module_name: str):
+    """Import from the Python path, else from the current folder (which an installed console
+    script does not put on the path)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name is None or not module_name.startswith(err.name):
+            raise
+        cwd = str(Path.cwd())
+        if cwd in sys.path:
+            raise
+        sys.path.insert(0, cwd)
         try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError) as err:
-            raise ConfigError(f"model '{name}': cannot import ({err})") from None
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
-            raise ConfigError(f"model '{name}': not a subclass of metaselector.models.BaseModel")
-        return cls
-    raise ConfigError(f"unknown model '{name}': expected one of {', '.join(MODEL_REGISTRY)} or module:Class")
+            return importlib.import_module(module_name)
+        finally:
+            sys.path.remove(cwd)
+
+
+def _import_file(path: Path):
+    if not path.is_file():
+        raise ImportError(f"{path}: file not found")
+    module_name = f"metaselector_user_model_{abs(hash(str(path.resolve())))}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
 
 
 def build_model(name: str, layout: FeatureLayout, settings: ModelSettings) -> BaseModel:

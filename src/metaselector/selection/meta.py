@@ -28,33 +28,54 @@ import torch
 from tqdm import tqdm
 
 from ..models.base import Batch
+from ..settings import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Interval, Options, setting
 from ..training.row_state import LazyRowAdam, RowStore
 from ..training.tensors import TensorData
 from .ensemble import Ensemble
-
-
-@dataclass
-class UserTask:
-    """One user as a task: row indices of their support (adapt) and query (evaluate) data."""
-
-    user: int
-    support: np.ndarray
-    query: np.ndarray
+from .tasks import UserTask
 
 
 @dataclass
 class MetaSettings:
-    users_per_episode: int = 10
-    inner_steps: int = 1
-    inner_lr: float = 0.001
-    outer_lr: float = 0.0001
-    selector_outer_lr: float = 0.001
-    alpha_outer_lr: float = 0.0  # 0: the same as outer_lr (paper eq. 5 uses one beta)
-    epochs: int = 30
-    patience: int = 3
-    first_order: bool = False
-    learn_inner_lr: bool = True
-    max_episodes: int = 0  # per epoch; 0 = every training user once
+    """The [meta] table: MetaSelector's meta-training and meta-testing (paper 5.3)."""
+
+    users_per_episode: int = setting(10, AT_LEAST_ONE)
+    inner_steps: int = setting(1, AT_LEAST_ONE)
+    inner_lr: float = setting(0.001, POSITIVE)  # Meta-SGD alpha's initial value
+    outer_lr: float = setting(0.0001, POSITIVE)  # beta = alpha / 10
+    selector_outer_lr: float = setting(0.001, POSITIVE)
+    # Meta-SGD rates learn faster than theta: 1e-2 won on held-out users' query LogLoss over
+    # 1e-4 (= outer_lr, the paper's single beta), 1e-3 and 5e-2. 0 means: the same as outer_lr.
+    alpha_outer_lr: float = setting(0.01, NON_NEGATIVE)
+    epochs: int = setting(8, AT_LEAST_ONE)
+    patience: int = setting(2, AT_LEAST_ONE)
+    first_order: bool = setting(False)
+    learn_inner_lr: bool = setting(True)
+    max_episodes: int = setting(0, NON_NEGATIVE)  # per epoch; 0 = every meta-training user once
+    # Training users held out of meta-training; their query LogLoss is recorded every epoch.
+    validation_users: float = setting(0.1, Interval(0, 1, hi_open=True))
+    # What stops meta-training (and picks its best epoch). "held-out-rows": the test-time setup
+    # itself on rows no model has trained on: the selector and theta change applied to the
+    # single models, each checked user adapting on their other training rows and predicting
+    # their rows of the base models' shared validation slice (which meta-training never sees).
+    # "held-out-users": the query LogLoss of held-out training users, with the models
+    # meta-training uses (the paper's meta-validation).
+    stop_on: str = setting("held-out-rows", Options(("held-out-rows", "held-out-users")))
+    check_users: int = setting(2000, AT_LEAST_ONE)  # users sampled for "held-out-rows"
+    selector_hidden: list[int] = setting([200, 200, 200], AT_LEAST_ONE, non_empty=True)
+    # "global-mixture": the selector starts from the best single blend of the base models on the
+    # meta-training query rows (the Global Blend row); "uniform": from equal weights. With early
+    # stopping on the test-time setup, meta-training is kept only where it beats its start, so
+    # the start should be the best fixed blend.
+    selector_start: str = setting("global-mixture", Options(("uniform", "global-mixture")))
+    selector_uses_predictions: bool = setting(True)  # chosen by held-out users' query LogLoss
+    # Which rows the meta-learned base models are pretrained on: "support" keeps the query sets
+    # out-of-sample for the selector (the single models are then these models trained on, warm,
+    # over all training rows); "train" uses all training rows.
+    pretrain_on: str = setting("support", Options(("support", "train")))
+    # With pretrain_on = "support": at test time every selector is applied to the single models
+    # (support models continued on all training rows), carrying over meta-training's theta change.
+    refit_base_models: bool = setting(True)
 
 
 @dataclass
@@ -114,15 +135,19 @@ class MetaLearner:
             alphas[n] = self.alpha[n] if train else self.alpha[n].detach()
         return params, alphas
 
-    def adapt(self, params: dict, alphas: dict, batch: Batch, labels: torch.Tensor, create_graph: bool) -> dict:
-        """theta_u = theta - alpha * grad of the support loss, `inner_steps` times."""
-        names = list(params)
-        for _ in range(self.settings.inner_steps):
-            loss = self.ensemble.loss(params, batch, labels)
-            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph,
-                                        allow_unused=True)
-            params = {n: params[n] if g is None else params[n] - alphas[n] * g
-                      for n, g in zip(names, grads, strict=True)}
+    def adapt(self, params: dict, alphas: dict, batch: Batch, labels: torch.Tensor, create_graph: bool,
+              mask: torch.Tensor | None = None, steps: int | None = None) -> dict:
+        """theta_u = theta - alpha * grad of the support loss, `inner_steps` times: the one inner
+        step of meta-training (create_graph: second order), meta-testing and scoring.
+
+        torch.func.grad rather than torch.autograd.grad: it also runs under vmap and no_grad
+        (meta-testing adapts a chunk of users in one vmapped call), and its result stays
+        differentiable for the outer loop. First order: the gradient is detached."""
+        steps = self.settings.inner_steps if steps is None else steps
+        for _ in range(steps):
+            grads = torch.func.grad(lambda p: self.ensemble.loss(p, batch, labels, mask))(params)
+            params = {n: v - alphas[n] * (grads[n] if create_graph else grads[n].detach())
+                      for n, v in params.items()}
         return params
 
     def _user_view(self, episode_rows, leaves, alphas, ids_list):
@@ -175,15 +200,17 @@ class MetaLearner:
         self.dense_optimizer.zero_grad(set_to_none=True)
 
     def predict(self, data: TensorData, tasks: Sequence[UserTask], eval_rows: Sequence[np.ndarray],
-                adapt: bool = True, progress: bool = False, desc: str = "meta-test") -> list[np.ndarray]:
-        """For each user: adapt on their support rows, then predict `eval_rows`.
+                adapt: bool = True, progress: bool = False, desc: str = "meta-test",
+                with_weights: bool = False) -> list:
+        """For each user: adapt on their support rows, then predict `eval_rows` (with
+        `with_weights`: (probabilities, the selector's weights [n, K]) per user).
 
         Users are adapted in chunks with torch.func.vmap: each user's support and evaluation
         rows are padded to the chunk's longest (padding masked out of the loss), their table rows
         gathered into a padded per-user table, and one vmapped call adapts and predicts them all.
         Users are sorted by size first, so a chunk's users pad to similar lengths.
         """
-        out: list[np.ndarray] = [np.empty(0)] * len(tasks)
+        out: list = [np.empty(0)] * len(tasks)
         sizes = np.array([len(t.support) + len(e) for t, e in zip(tasks, eval_rows, strict=True)])
         order = np.argsort(sizes, kind="stable")
         dense_size = sum(self.params[n].numel() for n in self.dense)
@@ -201,7 +228,7 @@ class MetaLearner:
                 stop += 1
             part = order[start:stop]
             probabilities = self._adapt_and_predict(data, [tasks[i] for i in part], [eval_rows[i] for i in part],
-                                                    adapt)
+                                                    adapt, with_weights)
             for i, p in zip(part, probabilities, strict=True):
                 out[i] = p
             bar.update(len(part))
@@ -210,7 +237,7 @@ class MetaLearner:
         return out
 
     def _adapt_and_predict(self, data: TensorData, tasks: Sequence[UserTask], eval_rows: Sequence[np.ndarray],
-                           adapt: bool) -> list[np.ndarray]:
+                           adapt: bool, with_weights: bool = False) -> list:
         """One vmapped chunk of users (see `predict`)."""
         support = _padded(data, [t.support for t in tasks], self.device)
         evaluation = _padded(data, list(eval_rows), self.device)
@@ -229,19 +256,19 @@ class MetaLearner:
         rates = {n: self.alpha[n].gather(lookup) for n in self.tables}
         dense = {n: self.params[n].detach() for n in self.dense}
         dense_rates = {n: self.alpha[n].detach() for n in self.dense}
-        ensemble, steps = self.ensemble, self.settings.inner_steps if adapt else 0
+        steps = self.settings.inner_steps if adapt else 0
 
         def one_user(tables_u, rates_u, s_ids_u, s_w, s_y, s_mask, e_ids_u, e_w):
-            params = {**dense, **tables_u}
-            for _ in range(steps):
-                grads = torch.func.grad(lambda p: ensemble.loss(p, Batch(s_ids_u, s_w), s_y, s_mask))(params)
-                params = {n: v - rates_u.get(n, dense_rates.get(n)) * grads[n] for n, v in params.items()}
-            return ensemble.probabilities(params, Batch(e_ids_u, e_w))
+            params = self.adapt({**dense, **tables_u}, {**dense_rates, **rates_u}, Batch(s_ids_u, s_w), s_y,
+                                create_graph=False, mask=s_mask, steps=steps)
+            return self.ensemble.mixture(params, Batch(e_ids_u, e_w))
 
         with torch.no_grad():
-            p = torch.func.vmap(one_user)(tables, rates, s_ids, support.weights, support.labels, support.mask,
-                                          e_ids, evaluation.weights)
-        p = p.double().cpu().numpy()
+            p, weights = torch.func.vmap(one_user)(tables, rates, s_ids, support.weights, support.labels,
+                                                   support.mask, e_ids, evaluation.weights)
+        p, weights = p.double().cpu().numpy(), weights.double().cpu().numpy()
+        if with_weights:
+            return [(p[k, :len(e)], weights[k, :len(e)]) for k, e in enumerate(eval_rows)]
         return [p[k, :len(e)] for k, e in enumerate(eval_rows)]
 
     def query_loss(self, data: TensorData, tasks: Sequence[UserTask]) -> float:
@@ -259,7 +286,7 @@ class MetaLearner:
         for name, old in before.items():
             new = dict(after[name].named_parameters())
             for pname, value in old.named_parameters():
-                self.params[f"models.{name}.{pname}"].add_(new[pname].to(value.device) - value)
+                self.params[f"models.{self.ensemble.key_of[name]}.{pname}"].add_(new[pname].to(value.device) - value)
 
     # ---- the outer loop -------------------------------------------------------------
     def dense_alpha(self) -> dict[str, torch.Tensor]:

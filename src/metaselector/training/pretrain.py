@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..evaluation.metrics import logloss
 from ..models.base import BaseModel, Batch, gather_rows
+from ..settings import AT_LEAST_ONE, FRACTION_OPEN, NON_NEGATIVE, POSITIVE, setting
 from .ftrl import FTRL
 from .row_state import LazyRowAdam
 from .tensors import TensorData, predict
@@ -25,20 +26,23 @@ from .tensors import TensorData, predict
 
 @dataclass
 class PretrainSettings:
-    epochs: int = 30
-    batch_size: int = 1000
-    patience: int = 2
-    validation_fraction: float = 0.1
-    adam_lr: float = 0.001
-    l2_embedding: float = 1e-6
-    ftrl_alpha: float = 8.0
-    ftrl_beta: float = 1.0
-    ftrl_l1: float = 0.0
-    ftrl_l2: float = 1e-4
+    """The [pretrain] table: supervised training of every base model (paper 5.3)."""
+
+    epochs: int = setting(30, AT_LEAST_ONE)
+    batch_size: int = setting(1000, AT_LEAST_ONE)
+    patience: int = setting(2, AT_LEAST_ONE)
+    # One slice of the support rows, shared by every base model, held out for early stopping.
+    validation_fraction: float = setting(0.1, FRACTION_OPEN)
+    adam_lr: float = setting(0.001, POSITIVE)
+    l2_embedding: float = setting(1e-6, NON_NEGATIVE)
+    ftrl_alpha: float = setting(8.0, POSITIVE)
+    ftrl_beta: float = setting(1.0, NON_NEGATIVE)
+    ftrl_l1: float = setting(0.0, NON_NEGATIVE)
+    ftrl_l2: float = setting(1e-4, NON_NEGATIVE)
     # Adam-trained models whose vocabulary has at least this many features update only the table
     # rows a batch uses (lazy Adam, row_state.LazyRowAdam); 0 = never. Dense Adam over a 318k x 6 x 10 FFM
     # table spends most of each step on rows the batch never touched.
-    lazy_table_rows: int = 100_000
+    lazy_table_rows: int = setting(100_000, NON_NEGATIVE)
 
 
 @dataclass

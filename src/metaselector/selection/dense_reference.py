@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from metaselector.models.base import Batch
-from metaselector.selection.ensemble import Ensemble
+from ..models.base import Batch
+from .ensemble import Ensemble
 
 
 def dense_episode_backward(ensemble: Ensemble, alpha: dict[str, torch.Tensor], episode: list[tuple],

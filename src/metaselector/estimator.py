@@ -1,0 +1,233 @@
+"""The MetaSelector estimator: fit on a dataset, save, load, adapt to a user, score candidates.
+
+    model = MetaSelector(config={"meta": {"epochs": 2}}).fit(load_data("ml-latest-small"))
+    model.save("model/")
+    model = MetaSelector.load("model/")
+    model.predict_proba(candidates, history=events)   # one user's raw events
+
+scikit-learn's conventions where they fit: `__init__` only stores its arguments, `fit`
+returns the estimator, fitted attributes end in `_`, and using an unfitted estimator is a
+clear error. Data is grouped by user, so `fit` takes a dataset, not (X, y).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import RunConfig, preset
+from .data.features import EncodedDataset
+from .data.splits import split_users
+from .errors import InputError, NotFittedError
+from .evaluation.metrics import summary
+from .experiment.context import Timer, TrainingContext, prepare_training
+from .experiment.meta_training import meta_train
+from .models import BaseModel
+from .selection.tasks import UserTask
+from .settings import merge
+from .training.tensors import TensorData
+
+Events = pd.DataFrame | Sequence[dict] | None
+
+
+@dataclass
+class UserScores:
+    """One user's candidates, scored."""
+
+    probabilities: np.ndarray  # [n]
+    weights: np.ndarray  # [n, K]: the selector's weight of each base model, after adaptation
+    adapted: bool  # False: no history, scored by the un-adapted model
+    history_events: int
+    unknown: dict[str, int]  # candidates' users and items that fell to the unknown id
+
+
+class MetaSelector:
+    """K base models mixed per sample by a selector, meta-trained with users as tasks.
+
+    models: base model names (LR, FM, FFM, DeepFM, "module:Class", "file.py:Class") or
+    BaseModel subclasses; config: a RunConfig or a dict of settings laid over the dataset's
+    preset (same keys as a TOML config: {"meta": {"epochs": 2}}); seed fixes the split,
+    initialisation and episode order.
+    """
+
+    def __init__(self, models: Sequence[str | type[BaseModel]] | None = None,
+                 config: RunConfig | dict | None = None, seed: int = 0, device: str = "cpu") -> None:
+        self.models = models
+        self.config = config
+        self.seed = seed
+        self.device = device
+
+    # ---- fitting -------------------------------------------------------------------
+    def _model_classes(self) -> tuple[list[str] | None, dict[str, type[BaseModel]]]:
+        if self.models is None:
+            return None, {}
+        names, classes = [], {}
+        for model in self.models:
+            if isinstance(model, type):
+                if not issubclass(model, BaseModel):
+                    raise InputError(f"models: {model.__name__} is not a subclass of metaselector.models.BaseModel")
+                name = f"{model.__module__}:{model.__qualname__}"
+                names.append(name)
+                classes[name] = model
+            else:
+                names.append(str(model))
+        return names, classes
+
+    def _resolved_config(self, dataset: str) -> tuple[RunConfig, dict[str, type[BaseModel]]]:
+        names, classes = self._model_classes()
+        if isinstance(self.config, RunConfig):
+            values = self.config.to_dict()
+        else:
+            values = merge(preset(dataset).to_dict(), dict(self.config or {}))
+        values.update({"dataset": dataset, "device": self.device})
+        if names is not None:
+            values["models"] = names
+        return RunConfig.from_dict(values, where="MetaSelector config", classes=classes), classes
+
+    def fit(self, data: EncodedDataset, progress: bool = False,
+            log: Callable[[str], None] | None = None) -> MetaSelector:
+        """Pretrain the base models (support rows, then continued on all rows), meta-train the
+        selector and theta with users as tasks, early-stopping on held-out training rows."""
+        if not isinstance(data, EncodedDataset) or data.encoder is None:
+            raise InputError("fit: data must be a dataset from metaselector.load_data(...)")
+        config, classes = self._resolved_config(data.name)
+        split = split_users(data.users, data.timestamps, self.seed, test_fraction=0.0,
+                            temporal=config.split == "temporal")
+        timer = Timer(log or (lambda message: None))
+        context = prepare_training(config, data, split, self.seed, timer, progress, classes)
+        return self._fit_context(context, classes)
+
+    def _fit_context(self, context: TrainingContext, classes: dict | None = None) -> MetaSelector:
+        """Meta-train on a prepared context (shared with the reproduce pipeline's MetaSelector row)."""
+        self.learner_, self.training_notes_ = meta_train(context, "MetaSelector", context.base.support,
+                                                         context.new_selector())
+        self.config_ = context.config
+        self.encoder_ = context.data.encoder
+        self.model_names_ = list(context.config.models)
+        self.model_classes_ = dict(classes or {})
+        self.dataset_ = context.data.name
+        self.sources_ = dict(context.data.sources)
+        self.seed_ = context.seed
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "learner_"):
+            raise NotFittedError("this MetaSelector is not fitted yet: call fit(data) or MetaSelector.load(dir)")
+
+    # ---- scoring -------------------------------------------------------------------
+    def score_users(self, requests: Sequence[tuple[Events, Events]]) -> list[UserScores]:
+        """Adapt to each user's history and score their candidates, all users in batched
+        (vmapped) calls. A request is (history, candidates), each a DataFrame or list of dicts
+        with raw columns: history user, item, rating (or label), timestamp; candidates user,
+        item, timestamp (custom data: plus their declared per-event columns)."""
+        self._check_fitted()
+        frames, groups, support, evaluation, counts = [], [], [], [], []
+        offset = 0
+        for index, (history, candidates) in enumerate(requests):
+            h = _frame(history, f"request {index}: history", needs_label=True)
+            c = _frame(candidates, f"request {index}: candidates", needs_label=False)
+            users = pd.concat([h["user"], c["user"]]).astype(str).unique()
+            if len(users) > 1:
+                raise InputError(f"request {index}: one user per request, got {', '.join(users[:3])}")
+            frames += [h, c]
+            groups.append(np.full(len(h) + len(c), index))
+            support.append(offset + np.arange(len(h)))
+            evaluation.append(offset + len(h) + np.arange(len(c)))
+            counts.append(len(h))
+            offset += len(h) + len(c)
+        if not frames:
+            return []
+        events = pd.concat(frames, ignore_index=True)
+        # Candidates count as the user's interactions for later candidates' history features, as
+        # rows of a dataset do offline; candidates of one request time never see each other.
+        encoded = self.encoder_.encode(events, groups=np.concatenate(groups))
+        labels = encoded.labels
+        history_labels = labels[np.concatenate(support)] if offset else labels
+        if np.isnan(history_labels).any():
+            raise InputError("history: every event needs a 'rating' (or a 0/1 'label')")
+        tensors = TensorData(torch.from_numpy(encoded.ids), torch.from_numpy(encoded.weights),
+                             torch.from_numpy(np.nan_to_num(labels)), torch.from_numpy(np.concatenate(groups)))
+        tasks = [UserTask(i, s, e) for i, (s, e) in enumerate(zip(support, evaluation, strict=True))]
+        scored = self.learner_.predict(tensors, tasks, evaluation, with_weights=True)
+        unknown_user = self.encoder_.lookup("@user", events["user"]) < 0
+        unknown_item = self.encoder_.lookup("@item", events["item"]) < 0
+        return [UserScores(p, w, count > 0, count, {"users": int(unknown_user[e].sum()),
+                                                     "items": int(unknown_item[e].sum())})
+                for (p, w), count, e in zip(scored, counts, evaluation, strict=True)]
+
+    def predict_proba(self, candidates: Events, history: Events = None) -> np.ndarray:
+        """One user's candidates: the probability of a positive label, after adapting to `history`."""
+        return self.score_users([(history, candidates)])[0].probabilities
+
+    def adapt(self, history: Events) -> AdaptedUser:
+        """A user's view of the model: validates `history` now; its predict_proba adapts to it."""
+        self._check_fitted()
+        return AdaptedUser(self, _frame(history, "history", needs_label=True))
+
+    def evaluate(self, history: Events, test: Events) -> dict[str, float]:
+        """AUC, LogLoss and gAUC on `test` events (with ratings or labels), each user adapting to
+        their events in `history`."""
+        self._check_fitted()
+        h = _frame(history, "history", needs_label=True)
+        t = _frame(test, "test", needs_label=True)
+        users = t["user"].astype(str)
+        by_user = dict(tuple(h.groupby(h["user"].astype(str), sort=False)))
+        order = list(dict.fromkeys(users))
+        requests = [(by_user.get(u, h.iloc[:0]), t[users == u]) for u in order]
+        scores = self.score_users(requests)
+        labels = np.concatenate([self.encoder_.label_rule.labels(c) for _, c in requests])
+        codes = np.repeat(np.arange(len(order)), [len(c) for _, c in requests])
+        return summary(codes, labels, np.concatenate([s.probabilities for s in scores]))
+
+    # ---- saving --------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write the saved model: manifest.json, encoder.json, weights.safetensors."""
+        from .saved_model import save_model
+
+        self._check_fitted()
+        return save_model(self, Path(directory))
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu",
+             model_classes: dict[str, type[BaseModel]] | None = None) -> MetaSelector:
+        """Read a saved model. No code is run from the files: base models are built from the
+        registry, or from `model_classes` (name -> class) for your own models."""
+        from .saved_model import load_model
+
+        return load_model(cls, Path(directory), device, model_classes or {})
+
+
+class AdaptedUser:
+    """One user's history, checked and held; `predict_proba` adapts to it and scores candidates."""
+
+    def __init__(self, model: MetaSelector, history: pd.DataFrame) -> None:
+        self.model, self.history = model, history
+
+    def predict_proba(self, candidates: Events) -> np.ndarray:
+        return self.model.predict_proba(candidates, self.history)
+
+
+REQUIRED = ("user", "item", "timestamp")
+
+
+def _frame(events: Events, what: str, needs_label: bool) -> pd.DataFrame:
+    """Events as a DataFrame with the required columns (`needs_label`: a rating or a label)."""
+    if events is None:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in (*REQUIRED, "rating")})
+    try:
+        frame = events if isinstance(events, pd.DataFrame) else pd.DataFrame(list(events))
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{what}: expected a DataFrame or a list of records ({err})") from None
+    missing = [c for c in REQUIRED if c not in frame.columns]
+    if needs_label and "rating" not in frame.columns and "label" not in frame.columns:
+        missing.append("rating (or label)")
+    if missing and len(frame):
+        raise InputError(f"{what}: missing column(s) {', '.join(missing)}")
+    if not len(frame):
+        frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *REQUIRED, "rating"])))
+    return frame.reset_index(drop=True)

@@ -1,0 +1,150 @@
+"""What every selection method of one seed shares: the split, the base models, the tasks.
+
+Built in stages: split and tasks, then base models; each method then fits on this context and
+predicts for tasks. `train` builds the same context with no test rows.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..data.features import EncodedDataset
+from ..data.splits import Split
+from ..models import BaseModel, ModelSettings
+from ..selection.selector import Selector, global_mixture_logits, start_from_mixture
+from ..selection.tasks import UserTask, sample_tasks, tasks_for
+from ..training.base_models import BaseModels, holdout_rows, train_base_models
+from ..training.tensors import TensorData, predict
+
+
+@dataclass
+class Timer:
+    """Seconds and the process's peak memory per named stage, logged as they finish."""
+
+    log: Callable[[str], None] = print
+    stages: dict[str, float] = field(default_factory=dict)
+    peaks: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, name: str) -> _Stage:
+        return _Stage(self, name)
+
+
+class _Stage:
+    def __init__(self, timer: Timer, name: str) -> None:
+        self.timer, self.name = timer, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+        self.timer.log(f"[{self.name}] ...")
+
+    def __exit__(self, *exc) -> None:
+        elapsed = time.perf_counter() - self.start
+        t = self.timer
+        t.stages[self.name] = t.stages.get(self.name, 0.0) + elapsed
+        # Peak resident memory so far (Linux reports KiB): where it grows is the stage that needed it.
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t.peaks[self.name] = max(t.peaks.get(self.name, 0.0), peak)
+        t.log(f"[{self.name}] {elapsed:.1f} s, peak memory so far {peak:.0f} MB")
+
+
+def model_settings(config: RunConfig) -> ModelSettings:
+    return ModelSettings(embedding_dim=config.embedding_dim, hidden=list(config.deepfm_hidden),
+                         dropout=config.dropout)
+
+
+@dataclass
+class TrainingContext:
+    config: RunConfig
+    data: EncodedDataset
+    tensors: TensorData
+    split: Split
+    seed: int
+    device: torch.device
+    holdout: np.ndarray  # the base models' shared validation rows (meta-training never sees them)
+    base: BaseModels
+    train_tasks: list[UserTask]  # meta-training users: support and query rows, holdout left out
+    valid_tasks: list[UserTask]  # held-out training users (their query LogLoss is recorded)
+    check_tasks: list[UserTask]  # users adapting on their other training rows, judged on the holdout
+    timer: Timer
+    progress: bool = False
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def refit(self) -> bool:
+        """Selectors learn on the support models and are applied to the singles at test time."""
+        return self.config.meta.refit_base_models and self.config.meta.pretrain_on == "support"
+
+    @property
+    def all_rows(self) -> np.ndarray:
+        return np.arange(len(self.data.labels))
+
+    @cached_property
+    def support_probabilities(self) -> torch.Tensor:
+        """The support models' probabilities for every row [N, K] (the selectors' inputs)."""
+        return torch.as_tensor(_probabilities(self.base.support, self.tensors, self.all_rows, self.device))
+
+    @cached_property
+    def single_probabilities(self) -> torch.Tensor:
+        """The single models' probabilities for every row [N, K]."""
+        if self.base.singles is self.base.support:
+            return self.support_probabilities
+        return torch.as_tensor(_probabilities(self.base.singles, self.tensors, self.all_rows, self.device))
+
+    @property
+    def test_time_probabilities(self) -> torch.Tensor:
+        """Base predictions that selectors see at test time: the singles' with refit."""
+        return self.single_probabilities if self.refit else self.support_probabilities
+
+    @cached_property
+    def blend_logits(self) -> torch.Tensor:
+        """The best single blend of the support models, fitted on the meta-training users' query
+        rows (out-of-sample for those models): the Global Blend row and the selectors' start."""
+        rows = np.concatenate([t.query for t in self.train_tasks])
+        return global_mixture_logits(self.support_probabilities[rows], self.tensors.labels[rows])
+
+    def new_selector(self) -> Selector:
+        """The user-level selector, initialised from the seed (and from the blend, by default)."""
+        meta = self.config.meta
+        torch.manual_seed(self.seed)
+        selector = Selector(self.data.layout, ModelSettings(self.config.embedding_dim, list(meta.selector_hidden)),
+                            len(self.config.models), uses_predictions=meta.selector_uses_predictions)
+        if meta.selector_start == "global-mixture":
+            start_from_mixture(selector, self.blend_logits)
+        return selector
+
+
+def _probabilities(models: dict, tensors: TensorData, rows: np.ndarray, device) -> np.ndarray:
+    return np.stack([predict(m, tensors, rows, device=device) for m in models.values()], axis=1)
+
+
+def prepare_training(config: RunConfig, data: EncodedDataset, split: Split, seed: int, timer: Timer,
+                     progress: bool = False, model_classes: dict[str, type[BaseModel]] | None = None
+                     ) -> TrainingContext:
+    """Stages 1 and 2 of a seed: tasks from the split, then the base models."""
+    device = torch.device(config.device)
+    tensors = TensorData.from_encoded(data)
+    holdout = holdout_rows(split.support, config.pretrain.validation_fraction, seed)
+    base = train_base_models(list(config.models), data.layout, model_settings(config), config.pretrain, tensors,
+                             split.support, split.train, holdout, seed, device, progress,
+                             on_support=config.meta.pretrain_on == "support", stage=timer, classes=model_classes)
+    # Meta-training never sees the base models' validation rows: they are the held-out rows on
+    # which the test-time setup is checked (meta stop_on = "held-out-rows").
+    all_tasks = tasks_for(data.users, np.setdiff1d(split.support, holdout), split.query)
+    order = np.random.default_rng(seed + 7).permutation(len(all_tasks))
+    n_valid = int(round(len(all_tasks) * config.meta.validation_users))
+    check_tasks = [t for t in tasks_for(data.users, np.setdiff1d(split.train, holdout), holdout) if len(t.query)]
+    context = TrainingContext(
+        config=config, data=data, tensors=tensors, split=split, seed=seed, device=device, holdout=holdout,
+        base=base, train_tasks=[all_tasks[i] for i in order[n_valid:]],
+        valid_tasks=[all_tasks[i] for i in order[:n_valid]],
+        check_tasks=sample_tasks(check_tasks, config.meta.check_users, seed + 13), timer=timer, progress=progress)
+    context.notes["base_model_validation_rows"] = int(len(holdout))
+    return context

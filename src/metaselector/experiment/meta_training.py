@@ -1,0 +1,52 @@
+"""Meta-training on a seed's context, stopped on the test-time setup over held-out rows.
+
+Shared by the MetaSelector estimator (`train`), its Table 3 row and the per-user adaptation
+rows (one base model, no selector).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..evaluation.metrics import logloss
+from ..models import BaseModel
+from ..selection.ensemble import Ensemble
+from ..selection.meta import MetaLearner, clone_models
+from ..selection.selector import Selector
+from .context import TrainingContext
+
+
+def carry_to_singles(learner: MetaLearner, context: TrainingContext, models: dict[str, BaseModel]) -> None:
+    """Apply the learner to the single models: theta += singles - support models."""
+    learner.transfer_base_models(models, {k: context.base.singles[k] for k in models})
+
+
+def test_like_loss(learner: MetaLearner, context: TrainingContext, models: dict[str, BaseModel]) -> float:
+    """LogLoss of the test-time setup on held-out rows: the learner's selector and theta change
+    carried onto the single models, each checked user adapting on their other training rows."""
+    snapshot = learner.state()
+    if context.refit:
+        carry_to_singles(learner, context, models)
+    tasks = context.check_tasks
+    p = np.concatenate(learner.predict(context.tensors, tasks, [t.query for t in tasks]))
+    learner.load_state(snapshot)
+    return logloss(context.data.labels[np.concatenate([t.query for t in tasks])], p)
+
+
+def meta_train(context: TrainingContext, name: str, models: dict[str, BaseModel],
+               selector: Selector | None) -> tuple[MetaLearner, dict]:
+    """Meta-train copies of `models` (and `selector`); with refit, carry the result onto the
+    single models. Returns the learner, ready to adapt and predict, and its training notes."""
+    learner = MetaLearner(Ensemble(clone_models(models), selector), context.config.meta, context.device)
+    criterion = None
+    if context.config.meta.stop_on == "held-out-rows" and context.check_tasks:
+        def criterion() -> float:
+            return test_like_loss(learner, context, models)
+    with context.timer(f"{name} meta-training"):
+        history = learner.fit(context.tensors, context.train_tasks, context.valid_tasks, seed=context.seed,
+                              progress=context.progress, desc=name, criterion=criterion)
+    if context.refit:
+        carry_to_singles(learner, context, models)
+    notes = {"best_epoch": history.best_epoch, "validation_logloss": history.best_validation,
+             "epochs": history.epochs}
+    return learner, notes

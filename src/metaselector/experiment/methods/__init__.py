@@ -1,0 +1,21 @@
+"""The registry of Table 3's methods: a method is a module, plus one line here."""
+
+from . import global_blend, metaselector, sample_level, simplified, singles
+from .base import Method
+
+# Each entry maps a run's configuration to the methods it contributes, in the report's order.
+REGISTRY = [
+    singles.methods,
+    sample_level.methods,
+    global_blend.methods,
+    metaselector.methods,
+    simplified.methods,
+    metaselector.ablations,
+]
+
+
+def table3_methods(config) -> list[Method]:
+    return [method for contribute in REGISTRY for method in contribute(config)]
+
+
+__all__ = ["Method", "REGISTRY", "table3_methods"]

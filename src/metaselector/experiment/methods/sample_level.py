@@ -1,0 +1,37 @@
+"""The paper's sample-level selector: models on the support rows, a classifier of each query
+row's best model on the query rows, its distribution weighting the models."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ...models import ModelSettings
+from ...selection.sample_level import fit_sample_selector, predict_sample_selector
+from ...selection.selector import Selector
+from ..context import TrainingContext
+from .base import Method, rows_of, split_by_task
+
+
+class SampleLevelSelector(Method):
+    name = "Sample-level Selector"
+
+    def fit(self, context: TrainingContext) -> dict:
+        config = context.config
+        with context.timer("sample-level selector"):
+            torch.manual_seed(context.seed)
+            self.selector = Selector(context.data.layout,
+                                     ModelSettings(config.embedding_dim, list(config.sample_level.hidden)),
+                                     len(config.models), uses_predictions=True)
+            return fit_sample_selector(self.selector, context.tensors, context.split.query,
+                                       context.support_probabilities, config.sample_level.epochs,
+                                       config.pretrain.adam_lr, config.pretrain.batch_size, context.seed,
+                                       context.progress)
+
+    def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
+        p = predict_sample_selector(self.selector, context.tensors, rows_of(tasks), context.test_time_probabilities)
+        return split_by_task(p, tasks)
+
+
+def methods(config) -> list[Method]:
+    return [SampleLevelSelector()]

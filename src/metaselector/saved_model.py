@@ -1,0 +1,169 @@
+"""The saved model: a folder that `MetaSelector.save` writes and `MetaSelector.load` reads.
+
+    manifest.json        format version, package and torch versions, base models and their
+                         settings, the resolved configuration, the training data's checksums,
+                         validation metrics, and the SHA-256 of each file below
+    encoder.json         feature layout, vocabularies, item tags, per-user side columns
+    weights.safetensors  theta and phi ("param/<name>"), dense Meta-SGD rates ("alpha/<name>"),
+                         row-stored rates of the tables as rows and values
+                         ("alpha_rows/<name>", "alpha_values/<name>")
+
+Every file is written atomically and the manifest last, so a crash leaves the previous model
+or a folder whose checksums disagree (refused on load). Loading runs no code from the files:
+safetensors holds tensors only, and base models are built from the registry or from classes
+the caller passes in, never from a name imported because a file says so.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+
+from .config import RunConfig
+from .data.encoder import FeatureEncoder
+from .errors import InputError
+from .experiment.context import model_settings
+from .io_utils import atomic_write, atomic_write_text, sha256_of
+from .models import ModelSettings
+from .models.base import MODEL_REGISTRY
+from .selection.ensemble import Ensemble
+from .selection.meta import MetaLearner
+from .selection.selector import Selector
+from .training.row_state import RowStore
+
+FORMAT_VERSION = 1
+FILES = ("encoder.json", "weights.safetensors")
+
+
+def _package_version() -> str:
+    try:
+        return version("metaselector")
+    except PackageNotFoundError:  # running from a source tree
+        return "unknown"
+
+
+def weights_of(learner: MetaLearner) -> dict[str, torch.Tensor]:
+    tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in learner.params.items()}
+    for n, rate in learner.alpha.items():
+        if isinstance(rate, RowStore):
+            rows = torch.nonzero(rate.slot).flatten().to(torch.int64)
+            tensors[f"alpha_rows/{n}"] = rows.cpu()
+            tensors[f"alpha_values/{n}"] = rate.gather(rows).cpu().contiguous()
+        else:
+            tensors[f"alpha/{n}"] = rate.detach().cpu().contiguous()
+    return tensors
+
+
+def save_model(model, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(directory / "encoder.json", json.dumps(model.encoder_.to_dict()))
+    with atomic_write(directory / "weights.safetensors") as handle:
+        handle.write(save(weights_of(model.learner_)))
+    notes = model.training_notes_
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "metaselector_version": _package_version(),
+        "torch_version": torch.__version__,
+        "dataset": model.dataset_,
+        "seed": model.seed_,
+        "base_models": model.model_names_,
+        "model_settings": model_settings(model.config_).__dict__,
+        "config": model.config_.to_dict(),
+        "training_data_sha256": model.sources_,
+        "validation": {"best_epoch": notes["best_epoch"], "validation_logloss": notes["validation_logloss"]},
+        "files": {name: sha256_of(directory / name) for name in FILES},
+    }
+    atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    return directory
+
+
+def read_manifest(directory: Path) -> dict:
+    path = directory / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found (not a saved MetaSelector model)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not a readable manifest ({err})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("format_version"), int):
+        raise InputError(f"{path}: field 'format_version' missing or not a number")
+    if manifest["format_version"] > FORMAT_VERSION:
+        raise InputError(f"{path}: format version {manifest['format_version']} is newer than this package reads "
+                         f"({FORMAT_VERSION}): upgrade metaselector")
+    for key in ("files", "config", "base_models", "seed", "dataset"):
+        if key not in manifest:
+            raise InputError(f"{path}: field '{key}' missing")
+    for name in FILES:
+        file = directory / name
+        if not file.is_file():
+            raise InputError(f"{file}: file not found")
+        if sha256_of(file) != manifest["files"].get(name):
+            raise InputError(f"{file}: SHA-256 does not match manifest.json (truncated or edited)")
+    return manifest
+
+
+def _model_class(name: str, classes: dict, where: Path):
+    if name in classes:
+        return classes[name]
+    if name in MODEL_REGISTRY:
+        return MODEL_REGISTRY[name]
+    raise InputError(f"{where}: base model '{name}' is not a registered model; pass its class: "
+                     f"MetaSelector.load(..., model_classes={{'{name}': YourModel}})")
+
+
+def load_model(cls, directory: Path, device: str, classes: dict):
+    manifest = read_manifest(directory)
+    where = directory / "manifest.json"
+    try:
+        config = RunConfig.from_dict({**manifest["config"], "device": device}, where=str(where),
+                                     import_models=False)
+        encoder = FeatureEncoder.from_dict(json.loads((directory / "encoder.json").read_text()))
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{directory / 'encoder.json'}: not a valid encoder ({err})") from None
+    settings = model_settings(config)
+    models = {name: _model_class(name, classes, where)(encoder.layout, settings) for name in config.models}
+    selector = Selector(encoder.layout, ModelSettings(config.embedding_dim, list(config.meta.selector_hidden)),
+                        len(models), uses_predictions=config.meta.selector_uses_predictions)
+    learner = MetaLearner(Ensemble(models, selector), config.meta, device)
+    _load_weights(learner, directory / "weights.safetensors")
+    model = cls(models=list(config.models), config=config, seed=manifest["seed"], device=device)
+    model.learner_, model.config_, model.encoder_ = learner, config, encoder
+    model.model_names_, model.model_classes_ = list(config.models), dict(classes)
+    model.dataset_, model.seed_ = manifest["dataset"], manifest["seed"]
+    model.sources_ = manifest.get("training_data_sha256", {})
+    model.training_notes_ = dict(manifest.get("validation", {}))
+    model.manifest_ = manifest
+    return model
+
+
+def _load_weights(learner: MetaLearner, path: Path) -> None:
+    try:
+        tensors = load(path.read_bytes())
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable safetensors file ({err})") from None
+    with torch.no_grad():
+        for n, p in learner.params.items():
+            p.copy_(_tensor(tensors, f"param/{n}", p.shape, path))
+        for n, rate in learner.alpha.items():
+            if isinstance(rate, RowStore):
+                rows = _tensor(tensors, f"alpha_rows/{n}", None, path)
+                values = _tensor(tensors, f"alpha_values/{n}", (len(rows), *rate.shape[1:]), path)
+                if len(rows) and (rows.min() < 0 or rows.max() >= rate.shape[0]):
+                    raise InputError(f"{path}: tensor 'alpha_rows/{n}' holds rows outside the table")
+                rate.write(rows.to(rate.device), values.to(rate.device))
+            else:
+                rate.copy_(_tensor(tensors, f"alpha/{n}", rate.shape, path))
+
+
+def _tensor(tensors: dict, key: str, shape, path: Path) -> torch.Tensor:
+    if key not in tensors:
+        raise InputError(f"{path}: tensor '{key}' missing")
+    value = tensors[key]
+    if shape is not None and tuple(value.shape) != tuple(shape):
+        raise InputError(f"{path}: tensor '{key}' has shape {tuple(value.shape)}, expected {tuple(shape)}")
+    return value
