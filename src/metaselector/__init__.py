@@ -11,13 +11,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-
-from .config import RunConfig
-from .errors import ConfigError, InputError, MetaSelectorError, NotFittedError
-from .estimator import AdaptedUser, MetaSelector, UserScores
-from .models import BaseModel, Batch, ModelSettings, register_model
+from typing import TYPE_CHECKING
 
 __version__ = "0.2.0"
+
+# Imported on first use, so `metaselector --help` and bad-input errors do not wait for torch.
+_LAZY = {
+    "RunConfig": "config", "ConfigError": "errors", "InputError": "errors", "MetaSelectorError": "errors",
+    "NotFittedError": "errors", "AdaptedUser": "estimator", "MetaSelector": "estimator", "UserScores": "estimator",
+    "BaseModel": "models", "Batch": "models", "ModelSettings": "models", "register_model": "models",
+}
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .errors import ConfigError, InputError, MetaSelectorError, NotFittedError
+    from .estimator import AdaptedUser, MetaSelector, UserScores
+    from .models import BaseModel, Batch, ModelSettings, register_model
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'metaselector' has no attribute '{name}'")
 
 
 def load_data(name: str = "ml-latest-small", data_dir: str | Path | None = None,

@@ -134,6 +134,62 @@ def reproduce(dataset, data_dir, data_file, columns_file, out, seeds, config_fil
     click.echo(f"wrote {out}/results.json, report.md, figures/ in {summary['wall_seconds']:.0f} s")
 
 
+@cli.command()
+@click.option("--dataset", default="ml-latest-small", show_default=True, help="Dataset name (metaselector datasets).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder with the publisher's files; default: the cache (downloaded if missing).")
+@_custom_options
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="TOML file overriding the dataset preset.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the saved model.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@click.option("--threads", type=click.IntRange(min=0), default=None, help="torch threads (0: default).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(dataset, data_dir, data_file, columns_file, config_file, out, seed, device, threads, quiet) -> None:
+    """Fit MetaSelector on every user of a dataset and write the saved model to --out."""
+    import torch
+
+    from .config import load_config
+    from .data.loading import load_dataset
+    from .estimator import MetaSelector
+
+    overrides = {k: v for k, v in {"device": device, "threads": threads}.items() if v is not None}
+    config = load_config(dataset, config_file, overrides)
+    _check_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    data = load_dataset(dataset, data_dir, custom=_custom_spec(data_file, columns_file), log=log)
+    model = MetaSelector(config=config, seed=seed, device=config.device).fit(data, progress=not quiet, log=log)
+    model.save(out)
+    notes = model.training_notes_
+    click.echo(f"wrote {out}/manifest.json (best epoch {notes['best_epoch']}, "
+               f"validation LogLoss {notes['validation_logloss']:.5f})")
+
+
+@cli.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True, help="A saved model folder.")
+@click.option("--history", "history_file", type=click.Path(path_type=Path), required=True,
+              help="CSV or Parquet: user,item,rating,timestamp (or label instead of rating).")
+@click.option("--candidates", "candidates_file", type=click.Path(path_type=Path), required=True,
+              help="CSV or Parquet: user,item,timestamp.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="CSV or Parquet (by suffix); default: CSV on standard output.")
+def score(model_dir: Path, history_file: Path, candidates_file: Path, out: Path | None) -> None:
+    """Adapt to each user's history and score their candidates."""
+    from .estimator import MetaSelector
+    from .scoring import read_events, score_frame, write_table
+
+    model = MetaSelector.load(model_dir)
+    scored = score_frame(model, read_events(history_file, needs_label=True), read_events(candidates_file))
+    if out is None:
+        click.echo(scored.to_csv(index=False), nl=False)
+    else:
+        write_table(scored, out)
+        click.echo(f"wrote {len(scored)} scored candidates to {out}", err=True)
+
+
 def _check_device(device: str) -> None:
     if device == "cuda":
         import torch
