@@ -19,6 +19,14 @@ def _custom_options(fn):
     return fn
 
 
+def _run_folder_options(fn):
+    fn = click.option("--force", is_flag=True,
+                      help="Replace a run of another configuration in --out.")(fn)
+    fn = click.option("--resume", is_flag=True,
+                      help="Continue the run in --out from its last saved epoch.")(fn)
+    return fn
+
+
 def _custom_spec(data_file: Path | None, columns_file: Path | None):
     if data_file is None:
         return None
@@ -114,8 +122,9 @@ def synth(like: str, users: int | None, seed: int, out: Path) -> None:
               help="Fraction of users held out entirely, for meta-testing on new users.")
 @click.option("--threads", type=click.IntRange(min=0), default=None, help="torch threads (0: default).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@_run_folder_options
 def reproduce(dataset, data_dir, data_file, columns_file, out, seeds, config_file, device, split, new_users,
-              threads, quiet) -> None:
+              threads, quiet, resume, force) -> None:
     """Run Tables 1 and 3 and Figure 3 end to end; write results.json, report.md, figures."""
     from .config import load_config
     from .data.loading import load_dataset
@@ -128,7 +137,7 @@ def reproduce(dataset, data_dir, data_file, columns_file, out, seeds, config_fil
     out = out or Path("runs") / dataset
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     data = load_dataset(dataset, data_dir, custom=_custom_spec(data_file, columns_file), log=log)
-    summary = run(config, data, Path(out), progress=not quiet, log=log)
+    summary = run(config, data, Path(out), progress=not quiet, log=log, resume=resume, force=force)
     for name, row in summary["rows"].items():
         click.echo(f"{name:<36} AUC {row['auc']:.4f}  LogLoss {row['logloss']:.5f}  RelImpr {row['relimpr']:+.2f}%")
     click.echo(f"wrote {out}/results.json, report.md, figures/ in {summary['wall_seconds']:.0f} s")
@@ -146,13 +155,18 @@ def reproduce(dataset, data_dir, data_file, columns_file, out, seeds, config_fil
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
 @click.option("--threads", type=click.IntRange(min=0), default=None, help="torch threads (0: default).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(dataset, data_dir, data_file, columns_file, config_file, out, seed, device, threads, quiet) -> None:
+@_run_folder_options
+def train(dataset, data_dir, data_file, columns_file, config_file, out, seed, device, threads, quiet, resume,
+          force) -> None:
     """Fit MetaSelector on every user of a dataset and write the saved model to --out."""
+    import shutil
+
     import torch
 
     from .config import load_config
     from .data.loading import load_dataset
     from .estimator import MetaSelector
+    from .experiment.run_directory import RunDirectory, run_identity
 
     overrides = {k: v for k, v in {"device": device, "threads": threads}.items() if v is not None}
     config = load_config(dataset, config_file, overrides)
@@ -161,8 +175,12 @@ def train(dataset, data_dir, data_file, columns_file, config_file, out, seed, de
         torch.set_num_threads(config.threads)
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     data = load_dataset(dataset, data_dir, custom=_custom_spec(data_file, columns_file), log=log)
-    model = MetaSelector(config=config, seed=seed, device=config.device).fit(data, progress=not quiet, log=log)
-    model.save(out)
+    identity = run_identity("train", config.to_dict(), data.sources, seed)
+    with RunDirectory(out, identity, resume=resume, force=force) as run:
+        model = MetaSelector(config=config, seed=seed, device=config.device).fit(
+            data, progress=not quiet, log=log, state_dir=run.state_dir)
+        model.save(out)
+        shutil.rmtree(run.state_dir, ignore_errors=True)  # the saved model holds all that is kept
     notes = model.training_notes_
     click.echo(f"wrote {out}/manifest.json (best epoch {notes['best_epoch']}, "
                f"validation LogLoss {notes['validation_logloss']:.5f})")

@@ -89,17 +89,20 @@ class MetaSelector:
             values["models"] = names
         return RunConfig.from_dict(values, where="MetaSelector config", classes=classes), classes
 
-    def fit(self, data: EncodedDataset, progress: bool = False,
-            log: Callable[[str], None] | None = None) -> MetaSelector:
+    def fit(self, data: EncodedDataset, progress: bool = False, log: Callable[[str], None] | None = None,
+            state_dir: str | Path | None = None) -> MetaSelector:
         """Pretrain the base models (support rows, then continued on all rows), meta-train the
-        selector and theta with users as tasks, early-stopping on held-out training rows."""
+        selector and theta with users as tasks, early-stopping on held-out training rows.
+        `state_dir`: every learner's state is written there at each epoch boundary, and a fit
+        started again with the same folder continues from it (to the same result)."""
         if not isinstance(data, EncodedDataset) or data.encoder is None:
             raise InputError("fit: data must be a dataset from metaselector.load_data(...)")
         config, classes = self._resolved_config(data.name)
         split = split_users(data.users, data.timestamps, self.seed, test_fraction=0.0,
                             temporal=config.split == "temporal")
         timer = Timer(log or (lambda message: None))
-        context = prepare_training(config, data, split, self.seed, timer, progress, classes)
+        context = prepare_training(config, data, split, self.seed, timer, progress, classes,
+                                   Path(state_dir) if state_dir is not None else None)
         return self._fit_context(context, classes)
 
     def _fit_context(self, context: TrainingContext, classes: dict | None = None) -> MetaSelector:

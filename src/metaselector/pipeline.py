@@ -45,8 +45,10 @@ from .evaluation.metrics import per_user_logloss, summary
 from .experiment.context import Timer, TrainingContext, prepare_training
 from .experiment.methods import Method, table3_methods
 from .experiment.methods.base import rows_of
+from .experiment.run_directory import RunDirectory, run_identity
 from .selection import oracles
 from .selection.tasks import UserTask, tasks_for
+from .training.state import StateFile
 
 
 @dataclass
@@ -69,9 +71,14 @@ def evaluate_method(method: Method, context: TrainingContext, tasks: list[UserTa
     return summary(users, labels, p), per_user_logloss(users, labels, p)[1]
 
 
-def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path | None = None,
+def run_seed(config: RunConfig, data: EncodedDataset, seed: int, state_dir: Path | None = None,
              progress: bool = True, log: Callable[[str], None] = print) -> SeedResult:
-    """Split, base models, then every registered method: fit, and evaluate on the test users."""
+    """Split, base models, then every registered method: fit, and evaluate on the test users.
+    With `state_dir`, a finished seed's result is kept there and learners resume from it."""
+    done = StateFile.named(state_dir, "result")
+    if done is not None and (saved := done.load()) is not None:
+        log(f"seed {seed}: finished earlier, result read from {done.path}")
+        return _seed_result_from(saved)
     result = SeedResult(seed)
     timer = Timer(log, result.stages, result.peaks)
     torch.manual_seed(seed)
@@ -81,7 +88,7 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
     result.notes["dropped_users"] = split.dropped_users
     if split.dropped_users:
         log(f"dropped {split.dropped_users} users with fewer than 4 samples ({split.dropped_samples} samples)")
-    context = prepare_training(config, data, split, seed, timer, progress)
+    context = prepare_training(config, data, split, seed, timer, progress, state_dir=state_dir)
     result.notes.update(context.notes)
     result.notes["refit_base_models"] = context.refit
     test_tasks = tasks_for(data.users, split.train, split.test)  # adapt on all training rows
@@ -96,7 +103,23 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, out_dir: Path |
         if new_tasks:
             result.new_user_rows[method.name], _ = evaluate_method(method, context, new_tasks)
     result.user_proportions = _best_model_shares(context, test_tasks)
+    if done is not None:
+        done.save(_seed_result_to(result))
+        for learner_state in state_dir.glob("*.pt"):  # the result is all a finished seed needs
+            if learner_state != done.path:
+                learner_state.unlink()
     return result
+
+
+def _seed_result_to(result: SeedResult) -> dict:
+    plain = dict(result.__dict__)
+    plain["user_losses"] = {k: torch.from_numpy(np.asarray(v)) for k, v in result.user_losses.items()}
+    return plain
+
+
+def _seed_result_from(saved: dict) -> SeedResult:
+    saved["user_losses"] = {k: v.numpy() for k, v in saved["user_losses"].items()}
+    return SeedResult(**saved)
 
 
 def _best_model_shares(context: TrainingContext, tasks: list[UserTask]) -> dict[str, float]:
@@ -109,15 +132,23 @@ def _best_model_shares(context: TrainingContext, tasks: list[UserTask]) -> dict[
 
 
 def reproduce(config: RunConfig, data: EncodedDataset, out_dir: Path, progress: bool = True,
-              log: Callable[[str], None] = print) -> dict:
-    """Run every seed, aggregate, and write results.json, report.md, figures, config.toml."""
-    from .evaluation.report import RunResult, aggregate, best_single, figure3, paired_test, write_report
-
+              log: Callable[[str], None] = print, resume: bool = False, force: bool = False) -> dict:
+    """Run every seed, aggregate, and write results.json, report.md, figures, config.toml.
+    The folder is claimed for this run (run.json, a lock); `resume` continues it."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    start = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = [run_seed(config, data, seed, out_dir, progress, log) for seed in range(config.seeds)]
+    identity = run_identity("reproduce", config.to_dict(), data.sources)
+    with RunDirectory(out_dir, identity, resume=resume, force=force) as run:
+        start = time.perf_counter()
+        results = [run_seed(config, data, seed, run.state_dir / f"seed{seed}", progress, log)
+                   for seed in range(config.seeds)]
+        return _report(config, data, out_dir, results, time.perf_counter() - start)
+
+
+def _report(config: RunConfig, data: EncodedDataset, out_dir: Path, results: list[SeedResult],
+            wall: float) -> dict:
+    from .evaluation.report import RunResult, aggregate, best_single, figure3, paired_test, write_report
+
     singles = list(config.models)
     rows = aggregate([r.rows for r in results], singles)
     new_rows = aggregate([r.new_user_rows for r in results], singles) if results[0].new_user_rows else None
@@ -133,7 +164,6 @@ def reproduce(config: RunConfig, data: EncodedDataset, out_dir: Path, progress: 
         for k, v in r.stages.items():
             stages[k] = stages.get(k, 0.0) + v
     peaks = {k: max(r.peaks.get(k, 0.0) for r in results) for k in stages}
-    wall = time.perf_counter() - start
     stage_table = {k: (v, peaks[k]) for k, v in stages.items()}
     write_report(out_dir, RunResult(
         dataset=data.name, statistics=data.statistics(), rows=rows, new_user_rows=new_rows,

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,6 +77,7 @@ class TrainingContext:
     timer: Timer
     progress: bool = False
     notes: dict = field(default_factory=dict)
+    state_dir: Path | None = None  # training state at epoch boundaries, for resuming
 
     @property
     def refit(self) -> bool:
@@ -126,15 +128,16 @@ def _probabilities(models: dict, tensors: TensorData, rows: np.ndarray, device) 
 
 
 def prepare_training(config: RunConfig, data: EncodedDataset, split: Split, seed: int, timer: Timer,
-                     progress: bool = False, model_classes: dict[str, type[BaseModel]] | None = None
-                     ) -> TrainingContext:
+                     progress: bool = False, model_classes: dict[str, type[BaseModel]] | None = None,
+                     state_dir: Path | None = None) -> TrainingContext:
     """Stages 1 and 2 of a seed: tasks from the split, then the base models."""
     device = torch.device(config.device)
     tensors = TensorData.from_encoded(data)
     holdout = holdout_rows(split.support, config.pretrain.validation_fraction, seed)
     base = train_base_models(list(config.models), data.layout, model_settings(config), config.pretrain, tensors,
                              split.support, split.train, holdout, seed, device, progress,
-                             on_support=config.meta.pretrain_on == "support", stage=timer, classes=model_classes)
+                             on_support=config.meta.pretrain_on == "support", stage=timer, classes=model_classes,
+                             state_dir=state_dir)
     # Meta-training never sees the base models' validation rows: they are the held-out rows on
     # which the test-time setup is checked (meta stop_on = "held-out-rows").
     all_tasks = tasks_for(data.users, np.setdiff1d(split.support, holdout), split.query)
@@ -145,6 +148,7 @@ def prepare_training(config: RunConfig, data: EncodedDataset, split: Split, seed
         config=config, data=data, tensors=tensors, split=split, seed=seed, device=device, holdout=holdout,
         base=base, train_tasks=[all_tasks[i] for i in order[n_valid:]],
         valid_tasks=[all_tasks[i] for i in order[:n_valid]],
-        check_tasks=sample_tasks(check_tasks, config.meta.check_users, seed + 13), timer=timer, progress=progress)
+        check_tasks=sample_tasks(check_tasks, config.meta.check_users, seed + 13), timer=timer, progress=progress,
+        state_dir=state_dir)
     context.notes["base_model_validation_rows"] = int(len(holdout))
     return context

@@ -13,6 +13,7 @@ from ..models import BaseModel
 from ..selection.ensemble import Ensemble
 from ..selection.meta import MetaLearner, clone_models
 from ..selection.selector import Selector
+from ..training.state import StateFile
 from .context import TrainingContext
 
 
@@ -44,7 +45,8 @@ def meta_train(context: TrainingContext, name: str, models: dict[str, BaseModel]
             return test_like_loss(learner, context, models)
     with context.timer(f"{name} meta-training"):
         history = learner.fit(context.tensors, context.train_tasks, context.valid_tasks, seed=context.seed,
-                              progress=context.progress, desc=name, criterion=criterion)
+                              progress=context.progress, desc=name, criterion=criterion,
+                              state=StateFile.named(context.state_dir, f"meta-{name}"))
     if context.refit:
         carry_to_singles(learner, context, models)
     notes = {"best_epoch": history.best_epoch, "validation_logloss": history.best_validation,

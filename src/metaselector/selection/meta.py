@@ -29,7 +29,9 @@ from tqdm import tqdm
 
 from ..models.base import Batch
 from ..settings import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Interval, Options, setting
+from ..training.early_stopping import EarlyStopping
 from ..training.row_state import LazyRowAdam, RowStore
+from ..training.state import StateFile
 from ..training.tensors import TensorData
 from .ensemble import Ensemble
 from .tasks import UserTask
@@ -306,52 +308,66 @@ class MetaLearner:
                 self.alpha[n].copy_(a)
 
     def fit(self, data: TensorData, train_tasks: list[UserTask], valid_tasks: list[UserTask], seed: int,
-            progress: bool = True, desc: str = "MetaSelector",
-            criterion: Callable[[], float] | None = None) -> MetaHistory:
+            progress: bool = True, desc: str = "MetaSelector", criterion: Callable[[], float] | None = None,
+            state: StateFile | None = None) -> MetaHistory:
         """Episodes of m users, epochs over the users; early stopping on `criterion()` (lower is
         better) if given, else on the query LogLoss of the held-out users `valid_tasks` (which is
-        recorded either way)."""
+        recorded either way). `state`: written at every epoch boundary, resumed from if present."""
         rng = np.random.default_rng(seed)
-        history = MetaHistory()
-        best_state = self.state()
+        stopper = EarlyStopping(self.settings.patience)
 
-        def validate(record: dict) -> float:
+        def validate(epoch: int) -> tuple[float, dict]:
+            record = {}
             if valid_tasks:
                 record["held_out_users_query_logloss"] = self.query_loss(data, valid_tasks)
-            if criterion is not None:
-                record["validation_logloss"] = criterion()
-            else:
-                record["validation_logloss"] = record.get("held_out_users_query_logloss", -record["epoch"])
-            return record["validation_logloss"]
+            value = criterion() if criterion is not None else record.get("held_out_users_query_logloss", -epoch)
+            return value, record
 
-        record: dict = {"epoch": 0}
-        history.best_validation = validate(record) if valid_tasks or criterion else float("inf")
-        history.epochs.append(record)
-        bad = 0
-        m = self.settings.users_per_episode
-        for epoch in range(1, self.settings.epochs + 1):
-            order = rng.permutation(len(train_tasks))
-            if self.settings.max_episodes:
-                order = order[:self.settings.max_episodes * m]
-            losses = []
-            bar = tqdm(range(0, len(order), m), desc=f"{desc} epoch {epoch}", disable=not progress,
-                       leave=False, mininterval=0.5)
-            for start in bar:
-                losses.append(self.meta_step(data, [train_tasks[i] for i in order[start:start + m]]))
-                if len(losses) % 10 == 0:
-                    bar.set_postfix(query_loss=f"{np.mean(losses[-50:]):.4f}")
-            record = {"epoch": epoch, "train_query_loss": float(np.mean(losses))}
-            validation = validate(record)
-            history.epochs.append(record)
-            if validation < history.best_validation - 1e-6:
-                history.best_validation, history.best_epoch, bad = validation, epoch, 0
-                best_state = self.state()
-            else:
-                bad += 1
-                if bad >= self.settings.patience:
+        saved = state.load() if state is not None else None
+        if saved is not None:
+            self._restore_training_state(saved)
+            rng.bit_generator.state = saved["rng"]
+            stopper.load_state_dict(saved["stopper"])
+        if saved is None or not saved["finished"]:
+            if saved is None:
+                value, record = validate(0)
+                stopper.update(0, value, self.state, **record)
+            for epoch in range(stopper.epoch + 1, self.settings.epochs + 1):
+                loss = self._train_epoch(data, train_tasks, rng, progress, f"{desc} epoch {epoch}")
+                value, record = validate(epoch)
+                stop = stopper.update(epoch, value, self.state, train_query_loss=loss, **record)
+                if state is not None:
+                    state.save({"finished": stop or epoch == self.settings.epochs, "rng": rng.bit_generator.state,
+                                "stopper": stopper.state_dict(), **self._training_state()})
+                if stop:
                     break
-        self.load_state(best_state)
-        return history
+        self.load_state(stopper.best_state)
+        return MetaHistory(stopper.best_epoch, stopper.best_value, stopper.history)
+
+    def _train_epoch(self, data: TensorData, tasks: list[UserTask], rng: np.random.Generator, progress: bool,
+                     desc: str) -> float:
+        """One pass over the users (at most `max_episodes` episodes); the mean query loss."""
+        m = self.settings.users_per_episode
+        order = rng.permutation(len(tasks))
+        if self.settings.max_episodes:
+            order = order[:self.settings.max_episodes * m]
+        losses = []
+        bar = tqdm(range(0, len(order), m), desc=desc, disable=not progress, leave=False, mininterval=0.5)
+        for start in bar:
+            losses.append(self.meta_step(data, [tasks[i] for i in order[start:start + m]]))
+            if len(losses) % 10 == 0:
+                bar.set_postfix(query_loss=f"{np.mean(losses[-50:]):.4f}")
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def _training_state(self) -> dict:
+        """Everything the outer loop carries between epochs: weights, rates, both optimizers."""
+        return {**self.state(), "dense_optimizer": self.dense_optimizer.state_dict(),
+                "table_optimizer": self.table_optimizer.state_dict()}
+
+    def _restore_training_state(self, saved: dict) -> None:
+        self.load_state(saved)
+        self.dense_optimizer.load_state_dict(saved["dense_optimizer"])
+        self.table_optimizer.load_state_dict(saved["table_optimizer"])
 
 
 @dataclass

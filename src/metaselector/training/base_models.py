@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ import torch
 from ..data.features import FeatureLayout
 from ..models import BaseModel, ModelSettings, build_model
 from .pretrain import PretrainResult, PretrainSettings, pretrain
+from .state import StateFile
 from .tensors import TensorData
 
 
@@ -48,7 +50,8 @@ def pretrain_models(names: list[str], layout: FeatureLayout, model_settings: Mod
                     settings: PretrainSettings, tensors: TensorData, rows: np.ndarray, holdout: np.ndarray,
                     seed: int, device: torch.device, progress: bool, tag: str,
                     start: tuple[dict, dict] | None = None,
-                    classes: dict[str, type[BaseModel]] | None = None) -> tuple[dict, dict]:
+                    classes: dict[str, type[BaseModel]] | None = None,
+                    state_dir: Path | None = None) -> tuple[dict, dict]:
     """Pretrain every base model on `rows`, early-stopping on `holdout`; with `start` (earlier
     models and their results), continue those models instead, with their optimizer state."""
     models, results = {}, {}
@@ -61,7 +64,8 @@ def pretrain_models(names: list[str], layout: FeatureLayout, model_settings: Mod
         # Every run draws its batch order from seed + 500 (a continuation's order differs from the
         # support run's because it shuffles a different set of rows).
         results[name] = pretrain(model, tensors, rows, settings, seed=seed * 1000 + index + 500, device=device,
-                                 progress=progress, desc=f"{name} ({tag})", **extra)
+                                 progress=progress, desc=f"{name} ({tag})",
+                                 state=StateFile.named(state_dir, f"pretrain-{tag}-{index}-{name}"), **extra)
         models[name] = model
     return models, results
 
@@ -70,11 +74,12 @@ def train_base_models(names: list[str], layout: FeatureLayout, model_settings: M
                       settings: PretrainSettings, tensors: TensorData, support: np.ndarray, train: np.ndarray,
                       holdout: np.ndarray, seed: int, device: torch.device, progress: bool, on_support: bool,
                       stage: Callable[[str], object],
-                      classes: dict[str, type[BaseModel]] | None = None) -> BaseModels:
+                      classes: dict[str, type[BaseModel]] | None = None, state_dir: Path | None = None) -> BaseModels:
     """Support models, then singles continued from them (`on_support`); or, without it, one set
     pretrained on all training rows serving as both."""
     common = dict(names=names, layout=layout, model_settings=model_settings, settings=settings,
-                  tensors=tensors, holdout=holdout, seed=seed, device=device, progress=progress, classes=classes)
+                  tensors=tensors, holdout=holdout, seed=seed, device=device, progress=progress, classes=classes,
+                  state_dir=state_dir)
     if not on_support:
         with stage("pretrain base models (all training rows)"):
             models, runs = pretrain_models(rows=train, tag="train", **common)

@@ -19,8 +19,10 @@ from tqdm import tqdm
 from ..evaluation.metrics import logloss
 from ..models.base import BaseModel, Batch, gather_rows
 from ..settings import AT_LEAST_ONE, FRACTION_OPEN, NON_NEGATIVE, POSITIVE, setting
+from .early_stopping import EarlyStopping
 from .ftrl import FTRL
 from .row_state import LazyRowAdam
+from .state import StateFile
 from .tensors import TensorData, predict
 
 
@@ -162,6 +164,7 @@ def pretrain(
     desc: str = "",
     valid_rows: np.ndarray | None = None,
     optimizer_state: dict | None = None,
+    state: StateFile | None = None,
 ) -> PretrainResult:
     """Train `model` on `rows` (a validation slice of them held out), keep the best epoch.
 
@@ -169,9 +172,8 @@ def pretrain(
     random `validation_fraction` of `rows`. Warm start (continue training a pretrained model on
     more rows): pass the earlier run's `valid_rows` (held out again, so they stay unseen) and
     `optimizer_state`; the starting weights count as epoch 0, so they are kept if no epoch
-    improves on them.
+    improves on them. `state`: written at every epoch boundary and resumed from if present.
     """
-    warm_start = optimizer_state is not None
     if valid_rows is None:
         shuffled = np.random.default_rng(seed).permutation(rows)
         n_valid = max(1, int(round(len(rows) * settings.validation_fraction)))
@@ -183,27 +185,44 @@ def pretrain(
         optimizer.load_state_dict(optimizer_state)
     generator = torch.Generator().manual_seed(seed)
     valid_labels = data.labels[valid_rows].numpy()
-    best_loss, best_epoch, best_state, bad_epochs = float("inf"), 0, None, 0
-    history = []
-    if warm_start:
-        best_loss = logloss(valid_labels, predict(model, data, valid_rows, device=device))
-        best_state, best_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
-        history.append({"epoch": 0, "valid_logloss": best_loss})
-    for epoch in range(1, settings.epochs + 1):
+    stopper = EarlyStopping(settings.patience, tolerance=1e-5)
+
+    def validation_loss() -> float:
+        return logloss(valid_labels, predict(model, data, valid_rows, device=device))
+
+    def snapshot() -> dict:
+        return {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict())}
+
+    saved = state.load() if state is not None else None
+    if saved is not None and saved["finished"]:
+        model.load_state_dict(saved["model"])
+        model.eval()
+        return PretrainResult(**saved["result"], valid_rows=valid_rows)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        stopper.load_state_dict(saved["stopper"])
+    elif optimizer_state is not None:  # warm start: the starting weights are epoch 0
+        stopper.update(0, validation_loss(), snapshot)
+    for epoch in range(stopper.epoch + 1, settings.epochs + 1):
         running = train_epoch(model, optimizer, data, train_rows, settings, generator, device,
                               progress, f"{desc} epoch {epoch}")
-        valid_loss = logloss(valid_labels, predict(model, data, valid_rows, device=device))
-        history.append({"epoch": epoch, "train_loss": running, "valid_logloss": valid_loss})
-        if valid_loss < best_loss - 1e-5:
-            best_loss, best_epoch, bad_epochs = valid_loss, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-            best_optimizer = copy.deepcopy(optimizer.state_dict())
-        else:
-            bad_epochs += 1
-            if bad_epochs >= settings.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        stop = stopper.update(epoch, validation_loss(), snapshot, train_loss=running)
+        if state is not None:
+            state.save({"finished": False, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                        "stopper": stopper.state_dict()})
+        if stop:
+            break
+    best = stopper.best_state or {"model": None, "optimizer": {}}
+    if best["model"] is not None:
+        model.load_state_dict(best["model"])
     model.eval()
-    return PretrainResult(best_epoch, best_loss, history, best_optimizer if best_state is not None else {},
-                          valid_rows)
+    result = PretrainResult(stopper.best_epoch, stopper.best_value, stopper.history, best["optimizer"], valid_rows)
+    if state is not None:
+        state.save({"finished": True, "model": model.state_dict(),
+                    "result": {"best_epoch": result.best_epoch, "validation_logloss": result.validation_logloss,
+                               "history": result.history, "optimizer_state": result.optimizer_state}})
+    return result

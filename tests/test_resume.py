@@ -1,0 +1,63 @@
+"""A killed `train` resumes to the same saved model; a folder holds one run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+CONFIG = ('embedding_dim = 4\ndeepfm_hidden = [8]\n[pretrain]\nepochs = 2\nbatch_size = 256\npatience = 5\n'
+          '[meta]\nepochs = 8\npatience = 8\nusers_per_episode = 2\nselector_hidden = [8]\n')
+
+
+def _train(tmp_path, out, *extra):
+    return [sys.executable, "-m", "metaselector", "train", "--dataset", "movielens-1m", "--data-dir",
+            str(FIXTURES / "ml-1m"), "--config", str(tmp_path / "run.toml"), "--out", str(out), "--quiet",
+            "--threads", "1", *extra]
+
+
+@pytest.mark.slow
+def test_killed_train_resumes_to_a_bit_identical_model(tmp_path):
+    (tmp_path / "run.toml").write_text(CONFIG)
+    whole = subprocess.run(_train(tmp_path, tmp_path / "whole"), capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+
+    state = tmp_path / "killed" / "state" / "meta-MetaSelector.pt"
+    process = subprocess.Popen(_train(tmp_path, tmp_path / "killed"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert state.exists(), "the run ended before it saved a meta-training state"
+    assert not (tmp_path / "killed" / "manifest.json").exists(), "killed too late: the run had finished"
+
+    resumed = subprocess.run(_train(tmp_path, tmp_path / "killed", "--resume"), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("weights.safetensors", "encoder.json"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    manifests = [json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("whole", "killed")]
+    assert manifests[0]["validation"] == manifests[1]["validation"]
+    assert not (tmp_path / "killed" / "state").exists()
+
+
+def test_a_folder_refuses_another_configuration_and_resume_of_nothing(tmp_path):
+    (tmp_path / "run.toml").write_text(CONFIG.replace("epochs = 8", "epochs = 1").replace("epochs = 2", "epochs = 1"))
+    out = tmp_path / "out"
+    result = subprocess.run(_train(tmp_path, out, "--resume"), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "nothing to resume" in result.stderr
+    assert subprocess.run(_train(tmp_path, out), capture_output=True, text=True, timeout=600).returncode == 0
+    before = (out / "weights.safetensors").read_bytes()
+    (tmp_path / "run.toml").write_text(CONFIG.replace("embedding_dim = 4", "embedding_dim = 5"))
+    for extra in ((), ("--resume",)):
+        result = subprocess.run(_train(tmp_path, out, *extra), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 2 and "embedding_dim" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (out / "weights.safetensors").read_bytes() == before  # nothing already written is damaged
