@@ -1,7 +1,8 @@
 """A user-defined base model: Wide & Deep, written against the project's model interface.
 
-Use it by name in a configuration file:  models = ["LR", "FM", "FFM", "DeepFM", "examples.wide_deep:WideDeep"]
-(with this folder importable, e.g. run from the repository root).
+Use it in a configuration file, from any folder:
+    models = ["LR", "FM", "FFM", "DeepFM", "path/to/examples/wide_deep.py:WideDeep"]
+or, with this folder importable (e.g. run from the repository root), "examples.wide_deep:WideDeep".
 """
 
 import torch

@@ -158,6 +158,10 @@ def test_reproduce_is_deterministic_and_complete(ml1m_fixture, tmp_path):
     reproduce(config, ml1m_fixture, tmp_path / "b", progress=False, log=lambda m: None)
     a = json.loads((tmp_path / "a" / "results.json").read_text())
     b = json.loads((tmp_path / "b" / "results.json").read_text())
+    logged = []
+    reproduce(config, ml1m_fixture, tmp_path / "b", progress=False, log=logged.append, resume=True)
+    assert any("finished earlier" in m for m in logged)  # the finished seed is read, not rerun
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["rows"] == b["rows"]
     assert set(a) == {"dataset", "statistics", "rows", "user_proportions", "seeds", "wall_seconds", "new_user_rows"}
     assert a["rows"] == b["rows"]
     expected = {"LR", "FM", "FFM", "DeepFM", "Perfect Sample-level Selector", "Perfect User-level Selector",

@@ -194,12 +194,17 @@ def train(dataset, data_dir, data_file, columns_file, config_file, out, seed, de
               help="CSV or Parquet: user,item,timestamp.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="CSV or Parquet (by suffix); default: CSV on standard output.")
-def score(model_dir: Path, history_file: Path, candidates_file: Path, out: Path | None) -> None:
+@click.option("--model-class", "model_class", multiple=True, metavar="MODULE:CLASS|FILE.py:CLASS",
+              help="Your own base model, as named when training (a saved model never imports one itself).")
+def score(model_dir: Path, history_file: Path, candidates_file: Path, out: Path | None,
+          model_class: tuple[str, ...]) -> None:
     """Adapt to each user's history and score their candidates."""
     from .estimator import MetaSelector
+    from .models import resolve_model
     from .scoring import read_events, score_frame, write_table
 
-    model = MetaSelector.load(model_dir)
+    classes = {name: resolve_model(name, where="--model-class") for name in model_class}
+    model = MetaSelector.load(model_dir, model_classes=classes)
     scored = score_frame(model, read_events(history_file, needs_label=True), read_events(candidates_file))
     if out is None:
         click.echo(scored.to_csv(index=False), nl=False)

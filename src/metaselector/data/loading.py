@@ -80,7 +80,7 @@ def locate(name: str, data_dir: Path | None, mirror: str | None = None,
             log(f"downloading {name} into {home}")
             download_dataset(info, home, mirror=mirror)
         return home
-    raise InputError(f"dataset '{name}' needs --data-file (see README)")
+    raise InputError(f"dataset '{name}' is read from your own file: give a data file (data_file, --data-file)")
 
 
 def verify_builtin(folder: Path) -> None:
@@ -93,9 +93,10 @@ def verify_builtin(folder: Path) -> None:
 def load_raw(name: str, folder: Path | None = None, custom: CustomSpec | None = None) -> RawData:
     if name == "custom":
         if custom is None:
-            raise InputError("dataset 'custom' needs --data-file PATH")
+            raise InputError("dataset 'custom' needs a data file (data_file, --data-file)")
         return load_custom(custom)
-    assert folder is not None
+    if folder is None:
+        raise InputError(f"dataset '{name}': no folder with its files")
     loaders = {
         "ml-latest-small": load_ml_latest_small,
         "movielens-1m": load_movielens_1m,

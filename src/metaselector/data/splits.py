@@ -50,7 +50,7 @@ def split_users(
     if not 0 <= test_fraction < 1 or not 0 < query_fraction < 1:
         raise ConfigError("split fractions must lie in [0, 1) (test) and (0, 1) (query)")
     if not 0 <= new_users < 1:
-        raise ConfigError(f"--new-users must be in [0, 1), got {new_users}")
+        raise ConfigError(f"new_users must be in [0, 1), got {new_users}")
     rng = np.random.default_rng(seed)
     n = len(users)
     counts = np.bincount(users)

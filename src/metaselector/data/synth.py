@@ -97,7 +97,7 @@ def _timestamps(rng, counts, low, high):
 
 def write_synthetic(like: str, out: Path, users: int | None = None, seed: int = 0) -> dict:
     if like not in SIZES:
-        raise InputError(f"--like must be one of {', '.join(SIZES)}, got '{like}'")
+        raise InputError(f"like must be one of {', '.join(SIZES)}, got '{like}'")
     size = dict(SIZES[like])
     if users is not None:  # scale every count with the number of users
         ratio = users / size["users"]

@@ -71,11 +71,11 @@ class RunDirectory:
         if self.resume and difference:
             raise ConfigError(f"{self.path}: cannot resume: '{difference}' differs from the run in this folder")
         if not self.force and old is None and any((self.path / f).exists() for f in RESULT_FILES):
-            raise ConfigError(f"{self.path}: holds results of an unknown run; use --force to replace them "
-                              "or another --out")
+            raise ConfigError(f"{self.path}: holds results of an unknown run; force (--force) replaces them; "
+                              "or choose another folder")
         if not self.force and difference:
-            raise ConfigError(f"{self.path}: holds a run whose '{difference}' differs; use --resume only for "
-                              "the same run, --force to replace it, or another --out")
+            raise ConfigError(f"{self.path}: holds a run whose '{difference}' differs; resume (--resume) only "
+                              "continues the same run; force (--force) replaces it; or choose another folder")
         if not self.resume:
             shutil.rmtree(self.state_dir, ignore_errors=True)  # a fresh run never reuses old state
         atomic_write_text(marker, json.dumps(self.identity, indent=1, sort_keys=True) + "\n")

@@ -11,7 +11,7 @@ import torch
 from ..data.features import FeatureLayout
 from ..errors import InputError
 from ..io_utils import atomic_write
-from .base import BaseModel, ModelSettings, build_model
+from .base import MODEL_REGISTRY, BaseModel, ModelSettings
 
 
 def save_checkpoint(path: Path, name: str, model: BaseModel, optimizer_state: dict | None = None) -> None:
@@ -26,8 +26,9 @@ def save_checkpoint(path: Path, name: str, model: BaseModel, optimizer_state: di
         torch.save(payload, handle)
 
 
-def load_checkpoint(path: Path) -> tuple[BaseModel, dict]:
-    """Rebuild a model from a checkpoint (weights_only: tensors and plain data only)."""
+def load_checkpoint(path: Path, model_classes: dict[str, type[BaseModel]] | None = None) -> tuple[BaseModel, dict]:
+    """Rebuild a model from a checkpoint (weights_only: tensors and plain data only). The model
+    class comes from the registry or `model_classes`: a name in the file never imports a module."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -35,6 +36,10 @@ def load_checkpoint(path: Path) -> tuple[BaseModel, dict]:
     except Exception as err:  # torch raises many types for a corrupt or foreign file
         raise InputError(f"{path}: not a metaselector checkpoint ({err.__class__.__name__})") from None
     layout = FeatureLayout.from_dict(json.loads(payload["layout"]))
-    model = build_model(payload["model"], layout, ModelSettings(**json.loads(payload["settings"])))
+    name = payload["model"]
+    cls = (model_classes or {}).get(name) or MODEL_REGISTRY.get(name)
+    if cls is None:
+        raise InputError(f"{path}: model '{name}' is not a registered model; pass model_classes={{'{name}': cls}}")
+    model = cls(layout, ModelSettings(**json.loads(payload["settings"])))
     model.load_state_dict(payload["state_dict"])
     return model, payload["optimizer"]

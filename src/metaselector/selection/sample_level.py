@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..training.early_stopping import EarlyStopping
 from ..training.tensors import TensorData
 from .selector import Selector
 
@@ -45,7 +46,12 @@ def fit_sample_selector(selector: Selector, data: TensorData, rows: np.ndarray, 
             batch, _ = data.batch(rows[valid])
             return float(F.cross_entropy(selector.scores(batch, base[rows[valid]].float()), targets[valid]))
 
-    best, best_state, bad, best_epoch = valid_loss(), copy.deepcopy(selector.state_dict()), 0, 0
+    stopper = EarlyStopping(patience=2)
+
+    def snapshot() -> dict:
+        return copy.deepcopy(selector.state_dict())
+
+    stopper.update(0, valid_loss(), snapshot)
     for epoch in range(1, epochs + 1):
         selector.train()
         shuffled = torch.as_tensor(train)[torch.randperm(len(train), generator=generator)]
@@ -57,16 +63,11 @@ def fit_sample_selector(selector: Selector, data: TensorData, rows: np.ndarray, 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        current = valid_loss()
-        if current < best - 1e-6:
-            best, best_state, bad, best_epoch = current, copy.deepcopy(selector.state_dict()), 0, epoch
-        else:
-            bad += 1
-            if bad >= 2:
-                break
-    selector.load_state_dict(best_state)
+        if stopper.update(epoch, valid_loss(), snapshot):
+            break
+    selector.load_state_dict(stopper.best_state)
     selector.eval()
-    return {"best_epoch": best_epoch, "validation_cross_entropy": best,
+    return {"best_epoch": stopper.best_epoch, "validation_cross_entropy": stopper.best_value,
             "label_shares": np.bincount(targets.numpy(), minlength=base.shape[1]).tolist()}
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..training.early_stopping import EarlyStopping
 from ..training.tensors import TensorData
 from .ensemble import EPS
 from .meta import MetaHistory, UserTask
@@ -62,15 +63,18 @@ class SimplifiedSelector:
         """Episodes of `users_per_episode` users; `max_episodes` caps an epoch (0: every user once),
         the same budget MetaSelector gets."""
         rng = np.random.default_rng(seed)
-        history = MetaHistory()
 
         def validate() -> float:
             with torch.no_grad():
                 self.selector.eval()
                 return float(self._loss(data, valid_tasks, [t.query for t in valid_tasks]))
 
-        best_state, bad = copy.deepcopy(self.selector.state_dict()), 0
-        history.best_validation = validate()
+        stopper = EarlyStopping(patience)
+
+        def snapshot() -> dict:
+            return copy.deepcopy(self.selector.state_dict())
+
+        stopper.update(0, validate(), snapshot)
         for epoch in range(1, epochs + 1):
             self.selector.train()
             order = rng.permutation(len(train_tasks))
@@ -83,14 +87,7 @@ class SimplifiedSelector:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-            validation = validate()
-            history.epochs.append({"epoch": epoch, "validation_logloss": validation})
-            if validation < history.best_validation - 1e-6:
-                history.best_validation, history.best_epoch, bad = validation, epoch, 0
-                best_state = copy.deepcopy(self.selector.state_dict())
-            else:
-                bad += 1
-                if bad >= patience:
-                    break
-        self.selector.load_state_dict(best_state)
-        return history
+            if stopper.update(epoch, validate(), snapshot):
+                break
+        self.selector.load_state_dict(stopper.best_state)
+        return MetaHistory(stopper.best_epoch, stopper.best_value, stopper.history)
