@@ -4,6 +4,7 @@ import hashlib
 import http.server
 import io
 import threading
+import time
 import zipfile
 
 import pytest
@@ -26,6 +27,8 @@ class Server:
 
     def __init__(self, files: dict[str, bytes]):
         self.files, self.truncate, self.requests = files, set(), []
+        self.trickle = 0.0  # seconds between single bytes: a server that never quite stops
+        self.stall = 0.0  # seconds of silence after the headers
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -48,6 +51,16 @@ class Server:
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
+                if outer.trickle or outer.stall:
+                    time.sleep(outer.stall)
+                    try:
+                        for byte in body[start:start + 50]:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(outer.trickle)
+                    except OSError:  # the client gave up, as it should
+                        pass
+                    return
                 if name in outer.truncate:
                     outer.truncate.discard(name)
                     self.wfile.write(body[start:start + len(body) // 3])
@@ -121,3 +134,54 @@ def test_cli_download_through_a_mirror(server, tmp_path, monkeypatch):
     assert result.returncode == 2
     assert "sha256" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "ml-1m.zip").exists()
+
+
+def test_a_trickling_server_is_given_up_on_by_the_deadline(server, tmp_path):
+    server.trickle = 0.2
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match="not complete within"):
+        download_file(_remote(server.body, server.url), tmp_path, progress=False, deadline_seconds=1.0)
+    assert time.monotonic() - start < 5
+    assert (tmp_path / "ml-1m.zip.part").exists()  # kept, to resume
+
+
+def test_a_stalled_server_is_given_up_on_by_the_timeout(server, tmp_path):
+    server.stall = 3.0
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match="connection lost|timed out"):
+        download_file(_remote(server.body, server.url), tmp_path, progress=False, timeout=0.5)
+    assert time.monotonic() - start < 3
+
+
+@pytest.mark.parametrize("body,needle", [(b"PK\x03\x04 not really a zip", "not a valid zip"),
+                                         (None, "lacks ml-1m/ratings.dat, ml-1m/users.dat")])
+def test_a_bad_archive_is_not_kept(server, tmp_path, body, needle):
+    if body is None:  # a valid zip without the expected files
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as zipped:
+            zipped.writestr("ratings.dat", "1::1::5::978300760\n")
+        body = buffer.getvalue()
+    server.files["ml-1m.zip"] = body
+    remote = RemoteFile(url=f"{server.url}/ml-1m.zip", filename="ml-1m.zip")  # no published checksum
+    info = DatasetInfo("movielens-1m", "", "", "", "", files=(remote,),
+                       required=("ml-1m/ratings.dat", "ml-1m/users.dat"))
+    for _ in range(2):  # the same clean error every time, never a leftover
+        with pytest.raises(DownloadError, match=needle):
+            download_dataset(info, tmp_path, progress=False, log=lambda m: None)
+        assert not (tmp_path / "ml-1m.zip").exists() and not (tmp_path / "ml-1m").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["download", "movielens-1m", "--mirror", "notaurl"], "mirror 'notaurl'"),
+    (["download", "movielens-1m", "--data-dir", "FILE"], "expected a folder"),
+    (["inspect", "movielens-1m", "--data-dir", "FILE"], "expected a folder"),
+])
+def test_odd_locations_are_one_line_errors(tmp_path, args, needle):
+    import subprocess
+    import sys
+
+    (tmp_path / "FILE").write_text("a file")
+    args = [str(tmp_path / "FILE") if a == "FILE" else a for a in args]
+    result = subprocess.run([sys.executable, "-m", "metaselector", *args], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -56,7 +56,11 @@ def datasets() -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Download into this folder instead of the cache.")
 @click.option("--mirror", default=None, help="Base URL of a mirror that serves the same file names.")
-def download(name: str, data_dir: Path | None, mirror: str | None) -> None:
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Give up after this many seconds without a byte (the partial file is kept for resuming).")
+@click.option("--deadline", type=click.FloatRange(min=0, min_open=True), default=6 * 3600.0, show_default=True,
+              help="Give up when a file is not complete after this many seconds (kept for resuming).")
+def download(name: str, data_dir: Path | None, mirror: str | None, timeout: float, deadline: float) -> None:
     """Download NAME, resume a partial download, verify its checksum, extract it."""
     from .data.download import download_dataset
     from .data.registry import dataset_info
@@ -64,7 +68,8 @@ def download(name: str, data_dir: Path | None, mirror: str | None) -> None:
 
     info = dataset_info(name)
     target = data_dir if data_dir is not None else cache_home() / "datasets" / name
-    download_dataset(info, Path(target), mirror=mirror, log=lambda m: click.echo(m, err=True))
+    download_dataset(info, Path(target), mirror=mirror, log=lambda m: click.echo(m, err=True), timeout=timeout,
+                     deadline_seconds=deadline)
     click.echo(f"{name}: ready in {target}")
 
 
@@ -165,6 +170,7 @@ def train(dataset, data_dir, data_file, columns_file, config_file, out, seed, de
 
     from .config import load_config
     from .data.loading import load_dataset
+    from .data.splits import require_usable, split_users
     from .estimator import MetaSelector
     from .experiment.run_directory import RunDirectory, run_identity
 
@@ -175,6 +181,8 @@ def train(dataset, data_dir, data_file, columns_file, config_file, out, seed, de
         torch.set_num_threads(config.threads)
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     data = load_dataset(dataset, data_dir, custom=_custom_spec(data_file, columns_file), log=log)
+    require_usable(split_users(data.users, data.timestamps, seed, test_fraction=0.0,
+                               temporal=config.split == "temporal"), data.labels, data.name)
     identity = run_identity("train", config.to_dict(), data.sources, seed)
     with RunDirectory(out, identity, resume=resume, force=force) as run:
         model = MetaSelector(config=config, seed=seed, device=config.device).fit(
@@ -223,9 +231,9 @@ def _check_device(device: str) -> None:
             raise ConfigError("--device cuda: no CUDA device is available to torch")
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
     try:
-        cli.main(standalone_mode=False)
+        cli.main(args=args, prog_name="metaselector", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

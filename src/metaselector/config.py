@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -26,18 +26,44 @@ def _read_toml(path: Path) -> dict:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
 
 
+COLUMN_TYPES = {"user": str, "item": str, "timestamp": str, "label": str, "rating": str, "threshold": float,
+                "categorical": list, "multi_hot": list, "separator": str}
+
+
 def read_custom_columns(data_file: Path, columns_file: Path | None) -> CustomSpec:
     """Column map for `custom` data: a TOML [columns] table, or the default names."""
     spec = CustomSpec(path=data_file)
     if columns_file is None:
         return spec
-    table = _read_toml(columns_file).get("columns", {})
-    known = {f.name for f in fields(CustomSpec)} - {"path"}
-    for key in table:
-        if key not in known:
-            expected = ", ".join(sorted(known))
+    document = _read_toml(columns_file)
+    for key in document:
+        if key != "columns":
+            raise ConfigError(f"{columns_file}: unknown table or key '{key}' (expected a [columns] table)")
+    table = document.get("columns", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{columns_file}: 'columns' must be a table ([columns])")
+    for key, value in table.items():
+        if key not in COLUMN_TYPES:
+            expected = ", ".join(sorted(COLUMN_TYPES))
             raise ConfigError(f"{columns_file}: [columns] key '{key}' unknown (expected one of {expected})")
-    return replace(spec, **table)
+        kind = COLUMN_TYPES[key]
+        if kind is list:
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"{columns_file}: [columns] {key} must be a list of column names, got {value!r}")
+        elif kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ConfigError(f"{columns_file}: [columns] {key} must be a number, got {value!r}")
+        elif not isinstance(value, str) or not (value or key in ("label", "rating")):
+            raise ConfigError(f"{columns_file}: [columns] {key} must be a non-empty string, got {value!r}")
+    # label = "" or rating = "" says there is no such column (TOML has no null)
+    spec = replace(spec, **{k: (v if v != "" else None) for k, v in table.items()})
+    if spec.label is None and spec.rating is None:
+        raise ConfigError(f"{columns_file}: [columns] needs 'label' (0/1) or 'rating' (with 'threshold')")
+    named = [spec.user, spec.item, spec.timestamp, *spec.categorical, *spec.multi_hot]
+    duplicated = sorted({c for c in named if named.count(c) > 1})
+    if duplicated:
+        raise ConfigError(f"{columns_file}: [columns] names column '{duplicated[0]}' for two roles")
+    return spec
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch
 
 from .config import RunConfig, preset
 from .data.features import EncodedDataset
-from .data.splits import split_users
+from .data.splits import require_usable, split_users
 from .errors import InputError, NotFittedError
 from .evaluation.metrics import summary
 from .experiment.context import Timer, TrainingContext, prepare_training
@@ -100,6 +100,7 @@ class MetaSelector:
         config, classes = self._resolved_config(data.name)
         split = split_users(data.users, data.timestamps, self.seed, test_fraction=0.0,
                             temporal=config.split == "temporal")
+        require_usable(split, data.labels, data.name)
         timer = Timer(log or (lambda message: None))
         context = prepare_training(config, data, split, self.seed, timer, progress, classes,
                                    Path(state_dir) if state_dir is not None else None)

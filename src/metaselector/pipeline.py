@@ -40,7 +40,7 @@ import torch
 
 from .config import RunConfig
 from .data.features import EncodedDataset
-from .data.splits import split_users
+from .data.splits import require_usable, split_users
 from .evaluation.metrics import per_user_logloss, summary
 from .experiment.context import Timer, TrainingContext, prepare_training
 from .experiment.methods import Method, table3_methods
@@ -84,6 +84,7 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, state_dir: Path
     torch.manual_seed(seed)
     split = split_users(data.users, data.timestamps, seed, temporal=config.split == "temporal",
                         new_users=config.new_users)
+    require_usable(split, data.labels, data.name)
     result.notes["split"] = {k: int(len(v)) for k, v in split.parts().items()}
     result.notes["dropped_users"] = split.dropped_users
     if split.dropped_users:
@@ -137,6 +138,9 @@ def reproduce(config: RunConfig, data: EncodedDataset, out_dir: Path, progress: 
     The folder is claimed for this run (run.json, a lock); `resume` continues it."""
     if config.threads:
         torch.set_num_threads(config.threads)
+    # Data that leaves nothing to train on is refused before the output folder is touched.
+    require_usable(split_users(data.users, data.timestamps, 0, temporal=config.split == "temporal",
+                               new_users=config.new_users), data.labels, data.name)
     identity = run_identity("reproduce", config.to_dict(), data.sources)
     with RunDirectory(out_dir, identity, resume=resume, force=force) as run:
         start = time.perf_counter()

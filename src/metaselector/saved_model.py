@@ -26,7 +26,7 @@ from safetensors.torch import load, save
 
 from .config import RunConfig
 from .data.encoder import FeatureEncoder
-from .errors import InputError
+from .errors import InputError, MetaSelectorError
 from .experiment.context import model_settings
 from .io_utils import atomic_write, atomic_write_text, sha256_of
 from .models import ModelSettings
@@ -95,9 +95,11 @@ def read_manifest(directory: Path) -> dict:
     if manifest["format_version"] > FORMAT_VERSION:
         raise InputError(f"{path}: format version {manifest['format_version']} is newer than this package reads "
                          f"({FORMAT_VERSION}): upgrade metaselector")
-    for key in ("files", "config", "base_models", "seed", "dataset"):
+    for key, kind in (("files", dict), ("config", dict), ("base_models", list), ("seed", int), ("dataset", str)):
         if key not in manifest:
             raise InputError(f"{path}: field '{key}' missing")
+        if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
+            raise InputError(f"{path}: field '{key}' must be a {kind.__name__}")
     for name in FILES:
         file = directory / name
         if not file.is_file():
@@ -123,8 +125,11 @@ def load_model(cls, directory: Path, device: str, classes: dict):
         config = RunConfig.from_dict({**manifest["config"], "device": device}, where=str(where),
                                      import_models=False)
         encoder = FeatureEncoder.from_dict(json.loads((directory / "encoder.json").read_text()))
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{directory / 'encoder.json'}: not a valid encoder ({err})") from None
+    except MetaSelectorError:
+        raise
+    except Exception as err:  # a crafted or damaged file can fail in many ways; none is a traceback
+        raise InputError(f"{directory / 'encoder.json'}: not a valid encoder "
+                         f"({err.__class__.__name__}: {err})") from None
     settings = model_settings(config)
     models = {name: _model_class(name, classes, where)(encoder.layout, settings) for name in config.models}
     selector = Selector(encoder.layout, ModelSettings(config.embedding_dim, list(config.meta.selector_hidden)),
@@ -135,8 +140,10 @@ def load_model(cls, directory: Path, device: str, classes: dict):
     model.learner_, model.config_, model.encoder_ = learner, config, encoder
     model.model_names_, model.model_classes_ = list(config.models), dict(classes)
     model.dataset_, model.seed_ = manifest["dataset"], manifest["seed"]
-    model.sources_ = manifest.get("training_data_sha256", {})
-    model.training_notes_ = dict(manifest.get("validation", {}))
+    # informational fields: an edited value is dropped, not trusted
+    sources, validation = manifest.get("training_data_sha256"), manifest.get("validation")
+    model.sources_ = sources if isinstance(sources, dict) else {}
+    model.training_notes_ = validation if isinstance(validation, dict) else {}
     model.manifest_ = manifest
     return model
 

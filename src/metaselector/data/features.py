@@ -64,13 +64,14 @@ FEATURE_SPECS: dict[str, FeatureSpec] = {
 }
 
 
-def custom_feature_spec(categorical: list[str], multi_hot: list[str], history_length: int = 10) -> FeatureSpec:
+def custom_feature_spec(categorical: list[str], multi_hot: list[str], history_length: int = 10,
+                        separator: str = "|") -> FeatureSpec:
     fields = [FieldSpec("user_id", "user"), FieldSpec("item_id", "item")]
     fields += [FieldSpec(c, f"col:{c}") for c in categorical]
     fields += [FieldSpec(c, f"multi:{c}") for c in multi_hot]
     fields += [FieldSpec("user_history_item", "history_items"), FieldSpec("day_of_week", "dow"),
                FieldSpec("season", "season")]
-    return FeatureSpec(tuple(fields), history_length=history_length)
+    return FeatureSpec(tuple(fields), history_length=history_length, multi_separator=separator)
 
 
 @dataclass

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io_utils import atomic_write, cache_home, sha256_of
-from .download import download_dataset
+from .download import download_dataset, folder_lock, safe_extract
 from .encoder import FeatureEncoder
 from .features import FEATURE_SPECS, EncodedDataset, FeatureSpec, custom_feature_spec, encode
 from .registry import ML_LATEST_SMALL_SHA256, builtin_ml_latest_small, dataset_info
@@ -32,19 +34,30 @@ _ARCHIVES = {"movielens-1m": ("ml-1m", "ml-1m.zip"), "movielens-100k": ("ml-100k
 
 
 def _extract_archive(archive: Path, name: str) -> Path:
-    """Extract a user's archive into the cache (their folder may be read-only)."""
+    """Extract a user's archive into the cache (their folder may be read-only): into a
+    temporary folder first, checked, then renamed into place under a lock, so a half-extracted
+    or foreign archive never stands under the final name."""
     digest = sha256_of(archive)[:16]
     target = cache_home() / "extracted" / f"{name}-{digest}"
-    inner = target / _ARCHIVES[name][0]
-    if not inner.is_dir():
+    inner_name = _ARCHIVES[name][0]
+    required = [Path(r).name for r in dataset_info(name).required]
+    if all((target / inner_name / r).is_file() for r in required):
+        return target / inner_name
+    with folder_lock(target.parent / f".{target.name}.lock"):
+        if all((target / inner_name / r).is_file() for r in required):
+            return target / inner_name  # another process finished it meanwhile
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         try:
-            with zipfile.ZipFile(archive) as zipped:
-                tmp = target.with_name(target.name + ".tmp")
-                zipped.extractall(tmp)
-                tmp.replace(target)
-        except zipfile.BadZipFile:
-            raise InputError(f"{archive}: not a valid zip archive") from None
-    return inner
+            safe_extract(archive, tmp)
+            missing = [r for r in required if not (tmp / inner_name / r).is_file()]
+            if missing:
+                raise InputError(f"{archive}: expected the folder {inner_name}/ with {', '.join(required)} "
+                                 f"inside the archive (missing {', '.join(missing)})")
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete earlier extraction
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target / inner_name
 
 
 def locate(name: str, data_dir: Path | None, mirror: str | None = None,
@@ -54,12 +67,12 @@ def locate(name: str, data_dir: Path | None, mirror: str | None = None,
     if name == "ml-latest-small":
         if data_dir is None:
             return builtin_ml_latest_small()
-        nested = Path(data_dir) / "ml-latest-small"  # the archive's folder, or the files themselves
+        nested = _folder(data_dir) / "ml-latest-small"  # the archive's folder, or the files themselves
         return nested if nested.is_dir() else Path(data_dir)
     if name in _ARCHIVES:
         folder_name, archive_name = _ARCHIVES[name]
         if data_dir is not None:
-            data_dir = Path(data_dir)
+            data_dir = _folder(data_dir)
             for candidate in (data_dir / folder_name, data_dir):
                 if all((candidate / Path(r).name).is_file() for r in info.required):
                     return candidate
@@ -74,13 +87,22 @@ def locate(name: str, data_dir: Path | None, mirror: str | None = None,
         return home / folder_name
     if name == "amazon-electronics":
         if data_dir is not None:
-            return Path(data_dir)
+            return _folder(data_dir)
         home = cache_home() / "datasets" / name
         if not all((home / r).is_file() for r in info.required):
             log(f"downloading {name} into {home}")
             download_dataset(info, home, mirror=mirror)
         return home
     raise InputError(f"dataset '{name}' is read from your own file: give a data file (data_file, --data-file)")
+
+
+def _folder(path: Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: folder not found")
+    if not path.is_dir():
+        raise InputError(f"{path}: expected a folder, found a file")
+    return path
 
 
 def verify_builtin(folder: Path) -> None:
@@ -128,8 +150,8 @@ def load_dataset(
     if name == "ml-latest-small" and data_dir is None:
         verify_builtin(folder)  # the shipped files must be the published 2018 release
     if spec is None:
-        spec = (custom_feature_spec(custom.categorical, custom.multi_hot) if name == "custom" and custom
-                else FEATURE_SPECS.get(name))
+        spec = (custom_feature_spec(custom.categorical, custom.multi_hot, separator=custom.separator)
+                if name == "custom" and custom else FEATURE_SPECS.get(name))
     if spec is None:
         raise InputError(f"no feature preset for dataset '{name}'")
     files = _files_of(name, folder, custom)
@@ -142,33 +164,36 @@ def load_dataset(
         digest.update(checksum.encode())
     if custom is not None:
         digest.update(repr(custom).encode())
-    cache_path = cache_home() / "processed" / f"{name}-{digest.hexdigest()[:20]}.npz"
+    key = digest.hexdigest()
+    cache_path = cache_home() / "processed" / f"{name}-{key[:20]}.npz"
     if use_cache and cache_path.is_file():
         try:
-            cached = _read_cache(cache_path)
+            cached = _read_cache(cache_path, key)
             cached.sources = sources
             return cached
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            log(f"note: ignoring unreadable cache {cache_path}")
+        except Exception as err:  # any damage (empty, truncated, foreign file): rebuild it
+            log(f"note: rebuilding the cache {cache_path} ({err.__class__.__name__}: {err})")
     threshold = (custom.threshold if custom.rating else None) if custom is not None else 4.0
     encoded = encode(load_raw(name, folder, custom), spec, label_threshold=threshold)
     encoded.sources = sources
     if use_cache:
-        _write_cache(cache_path, encoded)
+        _write_cache(cache_path, encoded, key)
     return encoded
 
 
-def _write_cache(path: Path, data: EncodedDataset) -> None:
-    meta = json.dumps({"name": data.name, "encoder": data.encoder.to_dict(), "dropped": data.dropped})
+def _write_cache(path: Path, data: EncodedDataset, key: str) -> None:
+    meta = json.dumps({"key": key, "name": data.name, "encoder": data.encoder.to_dict(), "dropped": data.dropped})
     with atomic_write(path) as handle:
         np.savez(handle, ids=data.ids, weights=data.weights, labels=data.labels, users=data.users,
                  items=data.items, timestamps=data.timestamps, user_names=data.user_names,
                  meta=np.frombuffer(meta.encode(), dtype=np.uint8))
 
 
-def _read_cache(path: Path) -> EncodedDataset:
+def _read_cache(path: Path, key: str) -> EncodedDataset:
     with np.load(path, allow_pickle=False) as stored:
         meta = json.loads(stored["meta"].tobytes().decode())
+        if meta.get("key") != key:
+            raise ValueError("written for other input files or settings")
         encoder = FeatureEncoder.from_dict(meta["encoder"])
         return EncodedDataset(
             name=meta["name"], layout=encoder.layout, encoder=encoder, ids=stored["ids"],

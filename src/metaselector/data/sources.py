@@ -50,15 +50,28 @@ def _line_of(path: Path, line_number: int, encoding: str = "utf-8") -> str:
     return ""
 
 
+# Unix seconds that datetime arithmetic can represent (pandas' nanosecond range is 1677..2262).
+TIMESTAMP_RANGE = (-9_000_000_000, 9_000_000_000)
+INTEGER_COLUMNS = ("user", "item", "timestamp", "age", "occupation", "movieId")
+
+
 def _check_numeric(
     frame: pd.DataFrame, columns: list[str], path: Path, expected: str,
     header_lines: int, encoding: str = "utf-8",
 ) -> pd.DataFrame:
-    """Convert `columns` to numbers; on the first bad row raise naming its file line."""
+    """Convert `columns` to numbers; on the first bad row raise naming its file line. A value is
+    bad if it is not a number, not finite, not whole where an id or a time is expected, or a
+    timestamp outside what dates can hold."""
     bad = np.zeros(len(frame), dtype=bool)
     for column in columns:
         values = pd.to_numeric(frame[column], errors="coerce")
-        bad |= values.isna().to_numpy()
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        wrong = ~np.isfinite(numbers)
+        if column in INTEGER_COLUMNS:
+            wrong |= np.isfinite(numbers) & (numbers != np.round(numbers))
+        if column == "timestamp":
+            wrong |= (numbers < TIMESTAMP_RANGE[0]) | (numbers > TIMESTAMP_RANGE[1])
+        bad |= wrong
         frame[column] = values
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -69,11 +82,20 @@ def _check_numeric(
     return frame
 
 
+def check_labels(frame: pd.DataFrame, path: Path | str) -> None:
+    """A CTR model needs both classes: refuse data whose labels are all 0 or all 1."""
+    classes = np.unique(frame["label"].to_numpy())
+    if len(frame) and len(classes) < 2:
+        kind = "positive" if classes[0] == 1 else "negative"
+        raise InputError(f"{path}: every label is {kind}; training needs both positive and negative samples")
+
+
 def _read_table(path: Path, **kwargs) -> pd.DataFrame:
     try:
         return pd.read_csv(path, **kwargs)
-    except pd.errors.ParserError as err:
-        raise InputError(f"{path}: {str(err).strip().splitlines()[-1]}") from None
+    except (pd.errors.ParserError, ValueError) as err:
+        raise InputError(f"{path}: {str(err).strip().splitlines()[-1] if str(err).strip() else 'not readable'}") \
+            from None
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: file is empty") from None
     except UnicodeDecodeError as err:
@@ -88,12 +110,30 @@ def _label(frame: pd.DataFrame, threshold: float = 4.0) -> pd.DataFrame:
 def _double_colon(path: Path, names: list[str], numeric: list[str], expected: str) -> pd.DataFrame:
     """Read a MovieLens-1M `::` file with the fast C parser: ':' splits, odd columns empty."""
     width = 2 * len(names) - 1
-    frame = _read_table(
-        path, sep=":", header=None, names=list(range(width)), usecols=list(range(0, width, 2)),
-        encoding="latin-1", dtype=str, keep_default_na=False,
-    )
+    try:
+        frame = pd.read_csv(path, sep=":", header=None, names=list(range(width)), encoding="latin-1", dtype=str,
+                            keep_default_na=False)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError):
+        frame = None
+    # Every separator column must be empty: a single ':' inside a field shifts the fields.
+    shifted = None if frame is None else (frame.iloc[:, 1::2] != "").any(axis=1).to_numpy()
+    if frame is None or shifted.any():
+        number = _first_line_without(path, len(names)) if frame is None else int(np.flatnonzero(shifted)[0]) + 1
+        if number is None:
+            raise InputError(f"{path}: not readable as '::'-separated text")
+        raise InputError(f"{path}: line {number}: expected {expected}, got {_line_of(path, number, 'latin-1')!r}")
+    frame = frame.iloc[:, 0::2]
     frame.columns = names
     return _check_numeric(frame, numeric, path, expected, 0, "latin-1")
+
+
+def _first_line_without(path: Path, fields: int) -> int | None:
+    """The number of the first line that does not split into `fields` fields on '::'."""
+    with open(path, encoding="latin-1", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if len(line.rstrip("\n").split("::")) != fields:
+                return number
+    return None
 
 
 def load_movielens_1m(folder: Path) -> RawData:
@@ -123,7 +163,8 @@ def _finish_movielens(name, ratings, users, tags, files) -> RawData:
     users = users.astype({"user": np.int64}).drop_duplicates("user").set_index("user")
     for column in ("gender", "age", "occupation"):
         ratings[column] = ratings["user"].map(users[column]).astype(str)
-    return RawData(name, _label(ratings), tags, files)
+    check_labels(_label(ratings), files[0])
+    return RawData(name, ratings, tags, files)
 
 
 def load_movielens_100k(folder: Path) -> RawData:
@@ -177,7 +218,8 @@ def load_ml_latest_small(folder: Path) -> RawData:
         int(item): [g for g in genres.split("|") if g and g != "(no genres listed)"]
         for item, genres in zip(movies["movieId"], movies["genres"], strict=True)
     }
-    return RawData("ml-latest-small", _label(ratings), tags, [ratings_path, movies_path])
+    check_labels(_label(ratings), ratings_path)
+    return RawData("ml-latest-small", ratings, tags, [ratings_path, movies_path])
 
 
 _ASIN = re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"]+)['"]""")
@@ -192,11 +234,17 @@ def _read_reviews(path: Path) -> pd.DataFrame:
             for number, line in enumerate(handle, start=1):
                 try:
                     record = loads(line)
-                    users.append(record["reviewerID"])
-                    items.append(record["asin"])
-                    ratings.append(float(record["overall"]))
-                    times.append(int(record["unixReviewTime"]))
-                except (ValueError, KeyError, TypeError) as err:
+                    users.append(str(record["reviewerID"]))
+                    items.append(str(record["asin"]))
+                    rating, when = float(record["overall"]), record["unixReviewTime"]
+                    if isinstance(when, float) and np.isfinite(when) and when.is_integer():
+                        when = int(when)
+                    if not np.isfinite(rating) or isinstance(when, bool) or not isinstance(when, int) or \
+                            not TIMESTAMP_RANGE[0] <= when <= TIMESTAMP_RANGE[1]:
+                        raise ValueError("out of range")
+                    ratings.append(rating)
+                    times.append(when)
+                except (ValueError, KeyError, TypeError, OverflowError) as err:
                     what = f"missing field {err}" if isinstance(err, KeyError) else "not valid"
                     raise InputError(
                         f"{path}: line {number}: expected a JSON object with reviewerID, asin, "
@@ -239,7 +287,8 @@ def load_amazon_electronics(folder: Path) -> RawData:
     meta_path = _require(folder / "meta_Electronics.json.gz")
     reviews = _read_reviews(reviews_path)
     tags = _read_meta(meta_path, set(reviews["item"].unique()))
-    return RawData("amazon-electronics", _label(reviews), tags, [reviews_path, meta_path])
+    check_labels(_label(reviews), reviews_path)
+    return RawData("amazon-electronics", reviews, tags, [reviews_path, meta_path])
 
 
 @dataclass
@@ -260,7 +309,8 @@ class CustomSpec:
 
 def load_custom(spec: CustomSpec) -> RawData:
     path = _require(Path(spec.path))
-    if path.suffix in (".parquet", ".pq"):
+    parquet = path.suffix in (".parquet", ".pq")
+    if parquet:
         try:
             frame = pd.read_parquet(path)
         except Exception as err:  # pyarrow raises several types for a bad file
@@ -274,11 +324,14 @@ def load_custom(spec: CustomSpec) -> RawData:
     for column in needed:
         if column not in frame.columns:
             raise InputError(f"{path}: column '{column}' not found (columns: {', '.join(map(str, frame.columns))})")
-    out = pd.DataFrame({"user": frame[spec.user].astype(str), "item": frame[spec.item].astype(str)})
-    out["timestamp"] = frame[spec.timestamp]
+    if len(frame) == 0:
+        raise InputError(f"{path}: no rows")
+    out = pd.DataFrame({"user": _text(frame[spec.user], path, spec.user, header_lines),
+                        "item": _text(frame[spec.item], path, spec.item, header_lines)})
+    out["timestamp"] = _unix_seconds(frame[spec.timestamp], path, spec.timestamp, header_lines)
     out["rating"] = frame[value]
     out = _check_numeric(out, ["timestamp", "rating"], path,
-                         f"numeric '{spec.timestamp}' and '{value}'", header_lines)
+                         f"numeric '{spec.timestamp}' (Unix seconds) and '{value}'", header_lines)
     out["timestamp"] = out["timestamp"].astype(np.int64)
     if spec.rating:
         out = _label(out, spec.threshold)
@@ -288,8 +341,43 @@ def load_custom(spec: CustomSpec) -> RawData:
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise InputError(f"{path}: line {row + 1 + header_lines}: field '{value}' must be 0 or 1")
         out["label"] = out["rating"].astype(np.int8)
+    check_labels(out, path)
     for column in spec.categorical:
-        out[column] = frame[column].astype(str).to_numpy()
+        out[column] = _text(frame[column], path, column, header_lines, allow_missing=True)
     for column in spec.multi_hot:
-        out[column] = frame[column].astype(str).to_numpy()
+        out[column] = _multi_hot(frame[column], spec.separator)
     return RawData("custom", out, {}, [path])
+
+
+def _text(values: pd.Series, path: Path, column: str, header_lines: int, allow_missing: bool = False) -> np.ndarray:
+    """Ids and categories as text; a missing id is an error naming its line."""
+    missing = values.isna().to_numpy() | (values.astype(str).str.len() == 0).to_numpy()
+    if missing.any() and not allow_missing:
+        row = int(np.flatnonzero(missing)[0])
+        raise InputError(f"{path}: line {row + 1 + header_lines}: field '{column}' is empty")
+    text = values.astype(str).to_numpy()
+    if values.dtype.kind == "f" and not missing.any() and (values % 1 == 0).all():
+        text = values.astype(np.int64).astype(str).to_numpy()  # ids read as 12.0 are "12"
+    return text
+
+
+def _unix_seconds(values: pd.Series, path: Path, column: str, header_lines: int) -> pd.Series:
+    """Datetime columns (a normal Parquet type) as Unix seconds; numbers as they are."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype) or values.dtype.kind == "M":
+        if values.isna().any():
+            row = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise InputError(f"{path}: line {row + 1 + header_lines}: field '{column}' is empty")
+        utc = values.dt.tz_convert("UTC") if isinstance(values.dtype, pd.DatetimeTZDtype) else values
+        epoch = pd.Timestamp(0, tz="UTC") if isinstance(values.dtype, pd.DatetimeTZDtype) else pd.Timestamp(0)
+        return (utc - epoch) // pd.Timedelta(seconds=1)
+    return values
+
+
+def _multi_hot(values: pd.Series, separator: str) -> np.ndarray:
+    """'a|b|c' strings, or list columns (Parquet) joined with the separator."""
+    def joined(value) -> str:
+        if isinstance(value, (list, tuple, np.ndarray)):
+            return separator.join(str(v) for v in value)
+        return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+    return np.array([joined(v) for v in values], dtype=object)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 
 
 @dataclass
@@ -95,3 +95,14 @@ def split_users(
         dropped_users=int((~big_enough & (counts > 0)).sum()),
         dropped_samples=int((~row_kept).sum()),
     )
+
+
+def require_usable(split: Split, labels: np.ndarray, dataset: str) -> None:
+    """Refuse, before any training, data that leaves nothing to train on."""
+    if len(split.support) == 0 or len(split.query) == 0:
+        raise InputError(f"dataset '{dataset}': no user has the {MIN_SAMPLES} or more samples needed to split "
+                         f"into support, query and test rows ({split.dropped_users} users dropped)")
+    train_labels = np.unique(labels[split.train])
+    if len(train_labels) < 2:
+        raise InputError(f"dataset '{dataset}': the training rows hold only label {int(train_labels[0])}; "
+                         "training needs both classes")

@@ -14,7 +14,9 @@ def clip(probabilities: np.ndarray) -> np.ndarray:
 
 
 def auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """AUC pooled over all samples, as the paper."""
+    """AUC pooled over all samples, as the paper; NaN (undefined) when the labels hold one class."""
+    if len(np.unique(labels)) < 2:
+        return float("nan")
     return float(roc_auc_score(labels, probabilities))
 
 

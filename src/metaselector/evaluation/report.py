@@ -123,7 +123,10 @@ def write_report(out_dir: Path, run: RunResult) -> None:
     }
     if new_user_rows:
         results["new_user_rows"] = new_user_rows
-    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    undefined = _undefined_metrics(rows)
+    # Strict JSON: an undefined metric (AUC of test rows with one label class) is null, and the
+    # report says why.
+    atomic_write_text(out_dir / "results.json", json.dumps(strict(results), indent=2, allow_nan=False) + "\n")
     atomic_write_text(out_dir / "config.toml", config_toml)
     parts = [
         f"# MetaSelector reproduction: {dataset}",
@@ -138,6 +141,9 @@ def write_report(out_dir: Path, run: RunResult) -> None:
         "with the test labels: they are upper bounds, not methods.",
         _table(rows, len(seeds) > 1),
     ]
+    if undefined:
+        parts.append("Undefined metrics (null in results.json; the test rows of some seed hold one label "
+                     "class, or no user has both): " + ", ".join(undefined) + ".")
     if per_seed and len(per_seed) > 1:
         header = "| Model | " + " | ".join(f"seed {k} AUC" for k in per_seed) + " |"
         lines = [header, "|---|" + "---|" * len(per_seed)]
@@ -166,8 +172,25 @@ def write_report(out_dir: Path, run: RunResult) -> None:
               "splits and fitted weights, per seed, are in `training_notes.json`. Best epochs:",
               _best_epochs(notes),
               "## Resolved configuration", "```toml\n" + config_toml + "```"]
-    atomic_write_text(out_dir / "training_notes.json", json.dumps(notes, indent=1, default=str) + "\n")
+    atomic_write_text(out_dir / "training_notes.json",
+                      json.dumps(strict(notes), indent=1, default=str, allow_nan=False) + "\n")
     atomic_write_text(out_dir / "report.md", "\n\n".join(parts) + "\n")
+
+
+def strict(value):
+    """`value` with every NaN or infinite float replaced by None (null in JSON)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
+def _undefined_metrics(rows: dict) -> list[str]:
+    return [f"{name} {metric}" for name, row in rows.items() for metric, v in row.items()
+            if isinstance(v, float) and not np.isfinite(v)]
 
 
 def _best_epochs(notes: dict) -> str:

@@ -1,0 +1,1 @@
+"""`metaselector serve`: per-user adaptation and scoring over HTTP, with a durable history store."""

@@ -1,0 +1,205 @@
+"""The HTTP API (FastAPI): score candidates for a user, record events, read a user's history.
+
+    POST /v1/score     {"user", "candidates": [{"item", "timestamp"}], "history"?: [{"item", "rating", "timestamp"}]}
+    POST /v1/events    {"user", "events": [{"item", "rating", "timestamp"}]}
+    GET  /v1/users/{user}/history
+    GET  /v1/health    counters: requests, batch sizes, unknown users and items, queue, time per stage
+    GET  /v1/model     the saved model's manifest
+Ids are the data's raw ids, as JSON strings or numbers; timestamps are Unix seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pandas as pd
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+
+from ..data.sources import TIMESTAMP_RANGE
+from ..errors import MetaSelectorError
+from .batcher import Batcher, QueueFull
+from .store import HistoryStore
+
+RawId = StrictStr | StrictInt
+Timestamp = Field(ge=TIMESTAMP_RANGE[0], le=TIMESTAMP_RANGE[1])
+
+
+@dataclass
+class ServeSettings:
+    max_batch: int = 64  # users adapted in one vmapped call
+    queue_size: int = 256  # requests waiting; beyond it, 503
+    max_candidates: int = 1000
+    max_events: int = 1000
+    max_body_bytes: int = 1 << 20
+    history_length: int = 200  # events kept per user and used for adaptation
+
+
+class Candidate(BaseModel):
+    model_config = ConfigDict(extra="allow")  # a custom dataset's declared per-event columns
+    item: RawId
+    timestamp: StrictInt = Timestamp
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    item: RawId
+    timestamp: StrictInt = Timestamp
+    rating: StrictFloat | StrictInt | None = None
+    label: StrictInt | None = Field(default=None, ge=0, le=1)
+
+
+class ScoreRequest(BaseModel):
+    user: RawId
+    candidates: list[Candidate] = Field(min_length=1)
+    history: list[Event] | None = None
+
+
+class EventsRequest(BaseModel):
+    user: RawId
+    events: list[Event] = Field(min_length=1)
+
+
+def _frame(user: str, rows: list[BaseModel]) -> pd.DataFrame:
+    return pd.DataFrame([{"user": user, **row.model_dump(exclude_none=True)} for row in rows])
+
+
+def _check_labelled(events: list[Event], field: str) -> None:
+    for index, event in enumerate(events):
+        if event.rating is None and event.label is None:
+            raise HTTPException(422, f"{field}[{index}]: needs 'rating' or 'label'")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is answered 413 before it is parsed."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await _too_large(send, self.limit)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _BodyTooLarge:
+            await _too_large(send, self.limit)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send, limit: int) -> None:
+    body = f'{{"detail": "request body over {limit} bytes"}}'.encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(model, store: HistoryStore, settings: ServeSettings) -> FastAPI:
+    """The service around a loaded MetaSelector; the store is closed when the app shuts down."""
+    stats: Counter = Counter()
+    timings: Counter = Counter()
+    model_id = model.manifest_["files"]["weights.safetensors"][:12] if hasattr(model, "manifest_") else "in-memory"
+
+    def score_batch(requests: list[tuple[pd.DataFrame | None, pd.DataFrame]]) -> list:
+        start = time.perf_counter()
+        scores = model.score_users(requests)
+        timings["encode_adapt_score_seconds"] += time.perf_counter() - start
+        return scores
+
+    batcher = Batcher(score_batch, settings.max_batch, settings.queue_size)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        batcher.close()  # in-flight requests have been answered; finish anything queued
+        store.close()
+
+    app = FastAPI(title="metaselector", version="1", lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError):
+        first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        stats["invalid_requests"] += 1
+        return JSONResponse({"detail": f"{where}: {first['msg']}"}, status_code=422)
+
+    @app.post("/v1/score")
+    async def score(request: ScoreRequest) -> dict:
+        start = time.perf_counter()
+        if len(request.candidates) > settings.max_candidates:
+            raise HTTPException(413, f"candidates: {len(request.candidates)} over the limit of "
+                                     f"{settings.max_candidates}")
+        user = str(request.user)
+        if request.history is not None:
+            if len(request.history) > settings.max_events:
+                raise HTTPException(413, f"history: {len(request.history)} events over the limit of "
+                                         f"{settings.max_events}")
+            _check_labelled(request.history, "history")
+            history = _frame(user, request.history[-settings.history_length:]) if request.history else None
+        else:
+            stored = await asyncio.to_thread(store.recent, user, settings.history_length)
+            history = pd.DataFrame([{"user": user, **e} for e in stored]) if stored else None
+        candidates = _frame(user, request.candidates)
+        timings["parse_seconds"] += time.perf_counter() - start
+        try:
+            future = batcher.submit((history, candidates))
+        except QueueFull:
+            stats["rejected_queue_full"] += 1
+            return JSONResponse({"detail": "busy: the queue is full"}, status_code=503, headers={"Retry-After": "1"})
+        try:
+            result = await asyncio.wrap_future(future)
+        except MetaSelectorError as err:
+            raise HTTPException(422, str(err)) from None
+        stats["scored_requests"] += 1
+        stats["unknown_users"] += result.unknown["users"] > 0
+        stats["unknown_items"] += result.unknown["items"]
+        return {"scores": result.probabilities.tolist(), "weights": result.weights.tolist(),
+                "adapted": result.adapted, "history_events": result.history_events, "model": model_id}
+
+    @app.post("/v1/events")
+    async def events(request: EventsRequest) -> dict:
+        if len(request.events) > settings.max_events:
+            raise HTTPException(413, f"events: {len(request.events)} over the limit of {settings.max_events}")
+        _check_labelled(request.events, "events")
+        rows = [e.model_dump(exclude_none=True) for e in request.events]
+        kept = await asyncio.to_thread(store.append, str(request.user), rows)
+        stats["stored_events"] += len(rows)
+        return {"user": str(request.user), "stored": len(rows), "history_events": kept}
+
+    @app.get("/v1/users/{user}/history")
+    async def history(user: str) -> dict:
+        return {"user": user, "events": await asyncio.to_thread(store.recent, user, settings.history_length)}
+
+    @app.get("/v1/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": model_id, **stats, "queue": batcher.waiting,
+                "batch_sizes": {str(k): v for k, v in sorted(batcher.batch_sizes.items()) if v},
+                "busy_seconds": batcher.busy_seconds, **timings}
+
+    @app.get("/v1/model")
+    async def manifest() -> dict:
+        return getattr(model, "manifest_", {"model": model_id})
+
+    return app

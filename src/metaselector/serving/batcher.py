@@ -1,0 +1,88 @@
+"""Requests that wait are adapted together: one worker, one vmapped call per batch.
+
+An idle worker takes a request at once (no added wait); requests that arrive while it is busy
+queue up, and the next call takes all of them, up to `max_batch`. The queue is bounded: when
+it is full, `submit` refuses at once, and the server answers 503.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from ..errors import MetaSelectorError
+
+_STOP = object()
+
+
+class QueueFull(Exception):
+    """The queue holds as many requests as it may."""
+
+
+class Batcher:
+    def __init__(self, score: Callable[[list], list], max_batch: int, queue_size: int) -> None:
+        self.score, self.max_batch = score, max_batch
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.batch_sizes: Counter = Counter()
+        self.busy_seconds = 0.0
+        self._thread = threading.Thread(target=self._run, name="metaselector-scorer", daemon=True)
+        self._thread.start()
+
+    def submit(self, item) -> Future:
+        future: Future = Future()
+        try:
+            self._queue.put_nowait((item, future))
+        except queue.Full:
+            raise QueueFull from None
+        return future
+
+    @property
+    def waiting(self) -> int:
+        return self._queue.qsize()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    waiting = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if waiting is _STOP:
+                    stopping = True
+                    break
+                batch.append(waiting)
+            self._score(batch)
+
+    def _score(self, batch: list) -> None:
+        start = time.perf_counter()
+        self.batch_sizes[len(batch)] += 1
+        try:
+            results = self.score([item for item, _ in batch])
+        except Exception as err:  # handed to the waiting requests
+            self.busy_seconds += time.perf_counter() - start
+            if len(batch) > 1 and isinstance(err, MetaSelectorError):
+                self.batch_sizes[len(batch)] -= 1  # one bad request must not fail the others
+                for one in batch:
+                    self._score([one])
+                return
+            for _, future in batch:
+                future.set_exception(err)
+            return
+        self.busy_seconds += time.perf_counter() - start
+        for (_, future), result in zip(batch, results, strict=True):
+            future.set_result(result)
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the worker."""
+        self._queue.put(_STOP)
+        self._thread.join()
+
