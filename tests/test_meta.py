@@ -165,9 +165,9 @@ def test_reproduce_is_deterministic_and_complete(ml1m_fixture, tmp_path):
     assert set(a) == {"dataset", "statistics", "rows", "user_proportions", "seeds", "wall_seconds", "new_user_rows"}
     assert a["rows"] == b["rows"]
     expected = {"LR", "FM", "FFM", "DeepFM", "Perfect Sample-level Selector", "Perfect User-level Selector",
-                "Sample-level Selector", "Global Blend", "MetaSelector", "MetaSelector-Simplified",
-                "LR + per-user adaptation",
-                "DeepFM + per-user adaptation"}
+                "Split-half User-level Selector", "Sample-level Selector", "Global Blend",
+                "Feature-weighted Stacking", "MetaSelector", "MetaSelector-Simplified", "LR + per-user adaptation",
+                "DeepFM + per-user adaptation", "Per-user adaptation + Global Blend"}
     assert expected <= set(a["rows"])
     for row in a["rows"].values():
         assert set(row) == {"auc", "logloss", "relimpr", "gauc", "auc_std", "logloss_std"}
@@ -219,7 +219,7 @@ def test_reproduce_runs_on_every_format_fixture(tmp_path):
 
     for name, folder in [("movielens-100k", "ml-100k"), ("amazon-electronics", "amazon")]:
         data = load_dataset(name, FIXTURES / folder, log=lambda m: None)
-        config = tiny(name, ablations=False)
+        config = tiny(name, ablations=False, models=["LR", "FM", "FFM", "DeepFM", "MF", "DIN"])
         summary = reproduce(config, data, tmp_path / name, progress=False, log=lambda m: None)
         assert np.isfinite(summary["rows"]["MetaSelector"]["auc"])
 

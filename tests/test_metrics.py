@@ -74,3 +74,21 @@ def test_gauc_matches_per_user_sklearn_with_ties():
     expected = [roc_auc_score(y[users == u], p[users == u]) for u in np.unique(users)
                 if 0 < y[users == u].sum() < (users == u).sum()]
     assert metrics.gauc(users, y, p) == pytest.approx(np.mean(expected), rel=1e-12)
+
+
+def test_split_half_oracle_never_uses_a_rows_own_label():
+    from metaselector.selection.oracles import split_half_user_level
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(50), 6)
+    labels = rng.integers(0, 2, len(users)).astype(float)
+    p = rng.uniform(0.05, 0.95, (len(users), 3))
+    chosen = split_half_user_level(p, labels, users, seed=1)
+    flipped = labels.copy()
+    flipped[0] = 1 - flipped[0]  # a row's own label cannot change its own prediction
+    assert split_half_user_level(p, flipped, users, seed=1)[0] == chosen[0]
+    # and it is never better than the full user-level oracle on LogLoss
+    from metaselector.evaluation.metrics import logloss
+    from metaselector.selection.oracles import perfect_user_level
+
+    assert logloss(labels, chosen) >= logloss(labels, perfect_user_level(p, labels, users))

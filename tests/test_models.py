@@ -12,7 +12,7 @@ from metaselector.training.ftrl import FTRL
 from metaselector.training.pretrain import PretrainSettings, pretrain
 from metaselector.training.tensors import TensorData, predict
 
-NAMES = ["LR", "FM", "FFM", "DeepFM", "examples.wide_deep:WideDeep"]
+NAMES = ["LR", "FM", "FFM", "DeepFM", "MF", "DIN", "examples.wide_deep:WideDeep"]
 
 
 def _batch(data, n=64):
@@ -143,3 +143,25 @@ def test_lazy_table_updates_match_dense_adam_on_the_first_step(ml1m_fixture, nam
     unused[torch.as_tensor(ml1m_fixture.ids[rows]).long().flatten()] = False
     assert unused.any()
     assert torch.equal(results[1]["embedding"][unused], before["embedding"][unused])
+
+
+def test_mf_is_the_user_item_dot_product(ml1m_fixture):
+    model = build_model("MF", ml1m_fixture.layout, ModelSettings(embedding_dim=3)).double()
+    batch, _ = _batch(ml1m_fixture)
+    user, item = batch.ids[:, model.user_slot], batch.ids[:, model.item_slot]
+    expected = model.bias + model.bias_table[user, 0] + model.bias_table[item, 0] + \
+        (model.embedding[user] * model.embedding[item]).sum(dim=1)
+    torch.testing.assert_close(model(batch), expected)
+
+
+def test_din_attends_only_to_real_history_items(ml1m_fixture):
+    torch.manual_seed(0)
+    model = build_model("DIN", ml1m_fixture.layout, ModelSettings(embedding_dim=4, hidden=[8], dropout=0.0)).eval()
+    batch, _ = _batch(ml1m_fixture)
+    slots = model.history_slots
+    padded = batch.weights[:, slots] == 0
+    assert padded.any()
+    changed = batch.ids.clone()
+    changed[:, slots] = torch.where(padded, torch.randint_like(changed[:, slots], 1, 100), changed[:, slots])
+    # ids under zero weights (padding) change nothing
+    torch.testing.assert_close(model(type(batch)(changed, batch.weights)), model(batch))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from . import distributed
 from .errors import MetaSelectorError
 
 
@@ -126,23 +127,28 @@ def synth(like: str, users: int | None, seed: int, out: Path) -> None:
 @click.option("--new-users", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Fraction of users held out entirely, for meta-testing on new users.")
 @click.option("--threads", type=click.IntRange(min=0), default=None, help="torch threads (0: default).")
+@click.option("--models", default=None, metavar="NAME,NAME,...",
+              help="Base models (default LR,FM,FFM,DeepFM; the extended set adds MF,DIN).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_run_folder_options
 def reproduce(dataset, data_dir, data_file, columns_file, out, seeds, config_file, device, split, new_users,
-              threads, quiet, resume, force) -> None:
+              threads, models, quiet, resume, force) -> None:
     """Run Tables 1 and 3 and Figure 3 end to end; write results.json, report.md, figures."""
     from .config import load_config
     from .data.loading import load_dataset
     from .pipeline import reproduce as run
 
     overrides = {k: v for k, v in {"seeds": seeds, "device": device, "split": split, "new_users": new_users,
-                                   "threads": threads}.items() if v is not None}
+                                   "threads": threads, "models": _names(models)}.items() if v is not None}
     config = load_config(dataset, config_file, overrides)
     _check_device(config.device)
+    quiet = _join_ranks(config.device) or quiet
     out = out or Path("runs") / dataset
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     data = load_dataset(dataset, data_dir, custom=_custom_spec(data_file, columns_file), log=log)
     summary = run(config, data, Path(out), progress=not quiet, log=log, resume=resume, force=force)
+    if not distributed.current().main:
+        return
     for name, row in summary["rows"].items():
         click.echo(f"{name:<36} AUC {row['auc']:.4f}  LogLoss {row['logloss']:.5f}  RelImpr {row['relimpr']:+.2f}%")
     click.echo(f"wrote {out}/results.json, report.md, figures/ in {summary['wall_seconds']:.0f} s")
@@ -179,6 +185,7 @@ def train(dataset, data_dir, data_file, columns_file, config_file, out, seed, de
     _check_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
+    quiet = _join_ranks(config.device) or quiet
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     data = load_dataset(dataset, data_dir, custom=_custom_spec(data_file, columns_file), log=log)
     require_usable(split_users(data.users, data.timestamps, seed, test_fraction=0.0,
@@ -187,6 +194,8 @@ def train(dataset, data_dir, data_file, columns_file, config_file, out, seed, de
     with RunDirectory(out, identity, resume=resume, force=force) as run:
         model = MetaSelector(config=config, seed=seed, device=config.device).fit(
             data, progress=not quiet, log=log, state_dir=run.state_dir)
+        if not distributed.current().main:
+            return
         model.save(out)
         shutil.rmtree(run.state_dir, ignore_errors=True)  # the saved model holds all that is kept
     notes = model.training_notes_
@@ -213,7 +222,10 @@ def score(model_dir: Path, history_file: Path, candidates_file: Path, out: Path 
 
     classes = {name: resolve_model(name, where="--model-class") for name in model_class}
     model = MetaSelector.load(model_dir, model_classes=classes)
+    _join_ranks(model.config_.device)
     scored = score_frame(model, read_events(history_file, needs_label=True), read_events(candidates_file))
+    if not distributed.current().main:
+        return
     if out is None:
         click.echo(scored.to_csv(index=False), nl=False)
     else:
@@ -247,9 +259,11 @@ def serve(model_dir, host, port, history_db, history_length, max_batch, queue_si
 
     from .estimator import MetaSelector
     from .models import resolve_model
+    from .serving import limit_malloc_arenas
     from .serving.app import ServeSettings, create_app
     from .serving.store import SQLiteHistoryStore
 
+    limit_malloc_arenas()
     if threads:
         torch.set_num_threads(threads)
     classes = {name: resolve_model(name, where="--model-class") for name in model_class}
@@ -266,6 +280,16 @@ def serve(model_dir, host, port, history_db, history_length, max_batch, queue_si
     app = create_app(model, store, settings)
     click.echo(f"serving {model_dir} on http://{host}:{port} (docs at /docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _join_ranks(device: str) -> bool:
+    """Join torchrun's process group, if launched by it; True on ranks other than 0 (which
+    stay quiet: rank 0 alone logs, shows progress and writes files)."""
+    return not distributed.init_from_environment(device).main
 
 
 def _check_device(device: str) -> None:
@@ -293,6 +317,8 @@ def main(args: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    finally:
+        distributed.leave()
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from .config import RunConfig
 from .data.features import EncodedDataset
 from .data.splits import require_usable, split_users
@@ -104,7 +105,7 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, state_dir: Path
         if new_tasks:
             result.new_user_rows[method.name], _ = evaluate_method(method, context, new_tasks)
     result.user_proportions = _best_model_shares(context, test_tasks)
-    if done is not None:
+    if done is not None and distributed.current().main:
         done.save(_seed_result_to(result))
         for learner_state in state_dir.glob("*.pt"):  # the result is all a finished seed needs
             if learner_state != done.path:
@@ -146,6 +147,8 @@ def reproduce(config: RunConfig, data: EncodedDataset, out_dir: Path, progress: 
         start = time.perf_counter()
         results = [run_seed(config, data, seed, run.state_dir / f"seed{seed}", progress, log)
                    for seed in range(config.seeds)]
+        if not distributed.current().main:
+            return {}
         return _report(config, data, out_dir, results, time.perf_counter() - start)
 
 

@@ -12,14 +12,15 @@ from scipy import stats
 from ..io_utils import atomic_write, atomic_write_text
 from .metrics import relimpr
 
-ORACLES = ("Perfect Sample-level Selector", "Perfect User-level Selector")
+ORACLES = ("Perfect Sample-level Selector", "Perfect User-level Selector", "Split-half User-level Selector")
 ROW_ORDER = ("LR", "FM", "FFM", "DeepFM", *ORACLES, "Sample-level Selector", "Global Blend", "MetaSelector",
              "MetaSelector-Simplified")
 
 
 def aggregate(seed_rows: list[dict[str, dict[str, float]]], singles: list[str]) -> dict[str, dict[str, float]]:
     """Means and standard deviations over seeds; RelImpr against the best single model by AUC."""
-    names = [n for n in ROW_ORDER if n in seed_rows[0]] + [n for n in seed_rows[0] if n not in ROW_ORDER]
+    first = [n for n in [*singles, *ROW_ORDER] if n in seed_rows[0]]
+    names = list(dict.fromkeys(first)) + [n for n in seed_rows[0] if n not in first]
     rows: dict[str, dict[str, float]] = {}
     for name in names:
         aucs = np.array([r[name]["auc"] for r in seed_rows])

@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+from .. import distributed
 from ..errors import ConfigError
 from ..io_utils import atomic_write_text
 
@@ -41,6 +42,21 @@ class RunDirectory:
         return self.path / "state"
 
     def __enter__(self) -> RunDirectory:
+        if not distributed.current().main:  # rank 0 claims the folder; the others learn how it went
+            refused = distributed.from_main(None)
+            if refused:
+                raise ConfigError(refused)
+            return self
+        try:
+            self._lock_and_claim()
+        except BaseException as err:
+            distributed.from_main(str(err) if isinstance(err, ConfigError) else "rank 0 could not claim the folder")
+            self.__exit__()
+            raise
+        distributed.from_main(None)
+        return self
+
+    def _lock_and_claim(self) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"{self.path}: exists and is not a folder")
         self.path.mkdir(parents=True, exist_ok=True)
@@ -49,13 +65,9 @@ class RunDirectory:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
+            self._lock = None
             raise ConfigError(f"{self.path}: another run is writing this folder") from None
-        try:
-            self._claim()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+        self._claim()
 
     def _claim(self) -> None:
         marker = self.path / MARKER

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import distributed
 from ..models.base import Batch
 from ..settings import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Interval, Options, setting
 from ..training.early_stopping import EarlyStopping
@@ -177,9 +178,15 @@ class MetaLearner:
 
     def episode_backward(self, data: TensorData, tasks: Sequence[UserTask]) -> tuple:
         """Accumulate the meta-gradient of the mean query loss; return the episode's rows,
-        the table leaves (whose .grad holds the rows' gradients) and the mean loss."""
-        batches = self._batches(data, tasks, [t.query for t in tasks])
-        rows = torch.unique(torch.cat([torch.cat([b[0].ids.flatten(), b[2].ids.flatten()]) for b in batches]))
+        the table leaves (whose .grad holds the rows' gradients) and the mean loss.
+
+        Under torch.distributed each rank adapts its share of the users; the rows are the union
+        over ranks and the gradients are summed over ranks (see metaselector.distributed)."""
+        mine = distributed.shard(list(tasks))
+        batches = self._batches(data, mine, [t.query for t in mine])
+        local = [torch.cat([b[0].ids.flatten(), b[2].ids.flatten()]) for b in batches]
+        rows = distributed.union_rows(torch.unique(torch.cat(local)) if local else
+                                      torch.empty(0, dtype=torch.int64, device=self.device))
         leaves, alphas = self._episode_leaves(rows, train=True)
         total = 0.0
         for s_batch, s_labels, q_batch, q_labels in batches:
@@ -187,9 +194,21 @@ class MetaLearner:
             adapted = self.adapt(params, rates, Batch(s_ids, s_batch.weights), s_labels,
                                  create_graph=not self.settings.first_order)
             query_loss = self.ensemble.loss(adapted, Batch(q_ids, q_batch.weights), q_labels)
-            (query_loss / len(batches)).backward()
+            (query_loss / len(tasks)).backward()
             total += query_loss.item()
-        return rows, leaves, alphas, total / len(batches)
+        if distributed.current().active:
+            self._sum_gradients_over_ranks(leaves, alphas)
+        return rows, leaves, alphas, distributed.sum_scalar(total) / len(tasks)
+
+    def _sum_gradients_over_ranks(self, leaves: dict, alphas: dict) -> None:
+        """Every rank ends with the episode's whole gradient: table rows over the union of rows,
+        dense parameters and their rates whole, summed in one buffer."""
+        holders = [leaves[n] for n in self.tables] + [alphas[n] for n in self.tables] + \
+            [self.params[n] for n in self.dense] + [self.alpha[n] for n in self.dense]
+        holders = [h for h in holders if h.requires_grad]
+        summed = distributed.sum_gradients([h.grad for h in holders], [h.shape for h in holders], holders[0])
+        for holder, grad in zip(holders, summed, strict=True):
+            holder.grad = grad
 
     def _outer_step(self, rows: torch.Tensor, leaves: dict, alphas: dict) -> None:
         gradients = {}
@@ -212,6 +231,18 @@ class MetaLearner:
         gathered into a padded per-user table, and one vmapped call adapts and predicts them all.
         Users are sorted by size first, so a chunk's users pad to similar lengths.
         """
+        if distributed.current().active:  # users sharded over ranks, predictions gathered
+            mine = distributed.shard(list(range(len(tasks))))
+            local = self._predict_here(data, [tasks[i] for i in mine], [eval_rows[i] for i in mine], adapt,
+                                       progress, desc, with_weights)
+            out: list = [None] * len(tasks)
+            for rank, part in enumerate(distributed.gather_objects(local)):
+                for position, value in zip(range(rank, len(tasks), distributed.current().world), part, strict=True):
+                    out[position] = value
+            return out
+        return self._predict_here(data, tasks, eval_rows, adapt, progress, desc, with_weights)
+
+    def _predict_here(self, data, tasks, eval_rows, adapt, progress, desc, with_weights) -> list:
         out: list = [np.empty(0)] * len(tasks)
         sizes = np.array([len(t.support) + len(e) for t, e in zip(tasks, eval_rows, strict=True)])
         order = np.argsort(sizes, kind="stable")

@@ -31,3 +31,29 @@ def perfect_user_level(probabilities: np.ndarray, labels: np.ndarray, users: np.
     codes, best = best_model_per_user(probabilities, labels, users)
     choice = best[np.searchsorted(codes, users)]
     return probabilities[np.arange(len(labels)), choice]
+
+
+def split_half_user_level(probabilities: np.ndarray, labels: np.ndarray, users: np.ndarray,
+                          seed: int = 0) -> np.ndarray:
+    """ORACLE, but one a method could approach: each user's test rows are split in two random
+    halves; each half is scored by the model with the lowest LogLoss on the other half (so no
+    row is predicted by a choice made with its own label). A user with one test row gets the
+    model with the lowest LogLoss over every user's test rows. The gap between this and the
+    full user-level oracle is the part of the oracle's gain that is noise of the choice."""
+    n, k = probabilities.shape
+    losses = sample_losses(labels[:, None], probabilities)
+    codes, inverse = np.unique(users, return_inverse=True)
+    # half 0 / 1: alternate within each user over a random order
+    order = np.lexsort((np.random.default_rng(seed).random(n), inverse))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - np.searchsorted(inverse[order], inverse[order])
+    half = rank % 2
+    per_half = np.zeros((len(codes), 2, k))
+    np.add.at(per_half, (inverse, half), losses)
+    counts = np.zeros((len(codes), 2))
+    np.add.at(counts, (inverse, half), 1)
+    fallback = int(losses.mean(axis=0).argmin())
+    other = 1 - half
+    has_other = counts[inverse, other] > 0
+    choice = np.where(has_other, per_half[inverse, other].argmin(axis=1), fallback)
+    return probabilities[np.arange(n), choice]

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm import tqdm
 
+from .. import distributed
 from ..evaluation.metrics import logloss
 from ..models.base import BaseModel, Batch, gather_rows
 from ..settings import AT_LEAST_ONE, FRACTION_OPEN, NON_NEGATIVE, POSITIVE, setting
@@ -101,32 +102,61 @@ def make_optimizer(model: BaseModel, settings: PretrainSettings):
     return torch.optim.Adam(model.parameters(), lr=settings.adam_lr, fused=True)
 
 
-def embedding_penalty(tables: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
-    """Squared norm of the table rows this batch uses (L2 on embeddings, per sample)."""
+def embedding_penalty(tables: dict[str, torch.Tensor], ids: torch.Tensor, global_size: int | None = None
+                      ) -> torch.Tensor:
+    """Squared norm of the table rows this batch uses (L2 on embeddings, per sample of the
+    global batch)."""
     total = torch.zeros((), device=ids.device)
     for name, table in tables.items():
         if name == "linear":
             continue
         total = total + gather_rows(table, ids).pow(2).sum()
-    return total / ids.shape[0]
+    return total / (global_size or ids.shape[0])
 
 
-def _batch_loss(model: BaseModel, optimizer, batch: Batch, labels: torch.Tensor, settings: PretrainSettings):
-    """(loss, objective, finish): after backward, `finish` hands the used rows' gradients to an
-    optimizer that updates tables lazily."""
+def _mean_loss(logits: torch.Tensor, labels: torch.Tensor, global_size: int) -> torch.Tensor:
+    """This process's share of the batch's mean LogLoss (the mean itself in one process)."""
+    if len(labels) == global_size:
+        return F.binary_cross_entropy_with_logits(logits, labels)
+    return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / global_size
+
+
+def _batch_loss(model: BaseModel, optimizer, batch: Batch, labels: torch.Tensor, settings: PretrainSettings,
+                global_size: int):
+    """(loss, objective, finish) of this process's rows of a batch of `global_size` rows: losses
+    are summed and divided by the global size, so that over ranks they add up to the batch mean.
+    After backward, `finish` sums gradients over ranks and hands a lazy optimizer its rows."""
     if not isinstance(optimizer, AdamWithLazyTables):
-        loss = F.binary_cross_entropy_with_logits(model(batch), labels)
+        loss = _mean_loss(model(batch), labels, global_size)
         tables = {n: getattr(model, n) for n in model.table_names}
-        penalty = embedding_penalty(tables, batch.ids) if settings.l2_embedding else 0.0
-        return loss, loss + settings.l2_embedding * penalty, lambda: None
-    # Only the rows this batch uses enter the graph, as small leaves indexed by local ids.
-    used, local = torch.unique(batch.ids, return_inverse=True)
+        penalty = embedding_penalty(tables, batch.ids, global_size) if settings.l2_embedding else 0.0
+
+        def finish() -> None:
+            if distributed.current().active:
+                params = list(model.parameters())
+                summed = distributed.sum_gradients([p.grad for p in params], [p.shape for p in params], params[0])
+                for p, grad in zip(params, summed, strict=True):
+                    p.grad = grad
+
+        return loss, loss + settings.l2_embedding * penalty, finish
+    # Only the rows this batch uses (on any rank) enter the graph, as small leaves indexed by local ids.
+    used = distributed.union_rows(torch.unique(batch.ids))
+    local = torch.searchsorted(used, batch.ids)
     leaves = {n: getattr(model, n).detach()[used].requires_grad_(True) for n in optimizer.tables}
-    loss = F.binary_cross_entropy_with_logits(functional_call(model, leaves, (Batch(local, batch.weights),)), labels)
-    penalty = embedding_penalty(leaves, local) if settings.l2_embedding else 0.0
+    logits = functional_call(model, leaves, (Batch(local, batch.weights),))
+    loss = _mean_loss(logits, labels, global_size)
+    penalty = embedding_penalty(leaves, local, global_size) if settings.l2_embedding else 0.0
 
     def finish() -> None:
-        optimizer.set_row_gradients(used, {n: leaf.grad for n, leaf in leaves.items()})
+        gradients = {n: leaf.grad for n, leaf in leaves.items()}
+        if distributed.current().active:
+            dense = [p for p in model.parameters() if all(p is not t for t in optimizer.tables.values())]
+            holders = [*leaves.values(), *dense]
+            summed = distributed.sum_gradients([h.grad for h in holders], [h.shape for h in holders], holders[0])
+            gradients = dict(zip(leaves, summed[:len(leaves)], strict=True))
+            for p, grad in zip(dense, summed[len(leaves):], strict=True):
+                p.grad = grad
+        optimizer.set_row_gradients(used, gradients)
 
     return loss, loss + settings.l2_embedding * penalty, finish
 
@@ -134,20 +164,23 @@ def _batch_loss(model: BaseModel, optimizer, batch: Batch, labels: torch.Tensor,
 def train_epoch(model: BaseModel, optimizer: torch.optim.Optimizer, data: TensorData, rows: np.ndarray,
                 settings: PretrainSettings, generator: torch.Generator, device: torch.device | str = "cpu",
                 progress: bool = False, desc: str = "") -> float:
-    """One pass over `rows` in shuffled mini-batches; returns the running training loss."""
+    """One pass over `rows` in shuffled mini-batches; returns the running training loss. Under
+    torch.distributed every rank draws the same order and takes its share of each batch."""
     model.train()
     order = torch.as_tensor(rows)[torch.randperm(len(rows), generator=generator)]
     bar = tqdm(range(0, len(order), settings.batch_size), desc=desc, disable=not progress, leave=False,
                mininterval=0.5)
+    group = distributed.current()
     running = 0.0
     for step, start in enumerate(bar, start=1):
-        batch, labels = data.batch(order[start:start + settings.batch_size], device)
-        loss, objective, finish = _batch_loss(model, optimizer, batch, labels, settings)
+        part = order[start:start + settings.batch_size]
+        batch, labels = data.batch(part[group.rank::group.world], device)
+        loss, objective, finish = _batch_loss(model, optimizer, batch, labels, settings, len(part))
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         finish()
         optimizer.step()
-        running += (loss.item() - running) / min(step, 50)
+        running += (distributed.sum_scalar(loss.item()) - running) / min(step, 50)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{running:.4f}")
     return running

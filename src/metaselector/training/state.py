@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..errors import InputError
 from ..io_utils import atomic_write
 from .row_state import RowStore
@@ -59,6 +60,8 @@ class StateFile:
         return cls(folder / (re.sub(r"[^0-9A-Za-z_.+-]", "_", name) + ".pt"))
 
     def save(self, state: dict) -> None:
+        if not distributed.current().main:  # replicas are equal: rank 0 writes for all
+            return
         with atomic_write(self.path) as handle:
             torch.save(to_plain(state), handle)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..context import TrainingContext
 from ..meta_training import meta_train
-from .base import Method
+from .base import Method, split_by_task
 
 
 class MetaSelectorMethod(Method):
@@ -34,6 +35,7 @@ class PerUserAdaptation(Method):
 
     def fit(self, context: TrainingContext) -> dict:
         self.learner, notes = meta_train(context, self.name, {self.model: context.base.support[self.model]}, None)
+        context.adapted[self.model] = self.learner  # reused by the adaptation-then-blend row
         return notes
 
     def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
@@ -46,3 +48,28 @@ def methods(config) -> list:
 
 def ablations(config) -> list:
     return [PerUserAdaptation(name) for name in config.models] if config.ablations else []
+
+
+class AdaptationThenBlend(Method):
+    """Every base model adapted per user (the rows above), then mixed by the Global Blend's
+    weights: the simple alternative to learning the mixture per user."""
+
+    name = "Per-user adaptation + Global Blend"
+
+    def fit(self, context: TrainingContext) -> dict:
+        for model in context.config.models:
+            if model not in context.adapted:
+                context.adapted[model], _ = meta_train(context, f"{model} + per-user adaptation",
+                                                       {model: context.base.support[model]}, None)
+        self.weights = np.asarray(torch.softmax(context.blend_logits.double(), 0))
+        return {}
+
+    def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
+        per_model = [np.concatenate(context.adapted[m].predict(context.tensors, tasks, [t.query for t in tasks]))
+                     for m in context.config.models]
+        p = np.stack(per_model, axis=1) @ self.weights
+        return split_by_task(p, tasks)
+
+
+def adaptation_then_blend(config) -> list:
+    return [AdaptationThenBlend()] if config.ablations else []

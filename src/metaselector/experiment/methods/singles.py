@@ -46,6 +46,19 @@ class PerfectUserLevel(Method):
         return split_by_task(p, tasks)
 
 
+class SplitHalfUserLevel(Method):
+    """ORACLE: each user's model chosen on one half of their test rows, scored on the other half
+    (both ways): how much of the user-level oracle's gain a per-user choice can realistically get."""
+
+    name, oracle = "Split-half User-level Selector", True
+
+    def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
+        rows = rows_of(tasks)
+        p = oracles.split_half_user_level(context.single_probabilities[rows].double().numpy(),
+                                          context.data.labels[rows], context.data.users[rows], context.seed)
+        return split_by_task(p, tasks)
+
+
 def methods(config) -> list[Method]:
-    return [SingleModel(name, k) for k, name in enumerate(config.models)] + [PerfectSampleLevel(),
-                                                                              PerfectUserLevel()]
+    return [SingleModel(name, k) for k, name in enumerate(config.models)] + [
+        PerfectSampleLevel(), PerfectUserLevel(), SplitHalfUserLevel()]

@@ -1,0 +1,234 @@
+"""Load on `metaselector serve` over 127.0.0.1: closed loops, an open loop, a soak.
+
+The model has the default architecture, trained on ml-latest-small for one epoch per stage
+(weights do not change the cost). Each request is one user of ml-latest-small: their 50 latest
+ratings as history and 100 candidates. Two servers run in turn, the same model and settings
+but for batching: `--max-batch 64` and `--max-batch 1`. For each: closed loops at concurrency
+1, 8 and 32 (each client sends its next request when the last is answered), then, for the
+batching server, an open loop at a fixed arrival rate (latency counted from each request's
+scheduled time, so a slow answer cannot hide the requests it delays) and a soak whose server
+RSS is read at its start and end. The client runs on the same 2 cores: its CPU share is
+reported. A request's time is also broken down in this process (parse, encode, adapt, score).
+
+    python benchmarks/serve_load.py --json [--seconds 20] [--soak 120] [--rate 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import torch
+
+import metaselector as ms
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from score import requests_for  # noqa: E402
+
+
+def bodies(data, history: int = 50, candidates: int = 100) -> list[dict]:
+    out = []
+    for h, c in requests_for(data, history, candidates):
+        out.append({"user": str(h["user"].iloc[0]),
+                    "history": [{"item": str(i), "label": int(y), "timestamp": int(t)}
+                                for i, y, t in zip(h["item"], h["label"], h["timestamp"], strict=True)],
+                    "candidates": [{"item": str(i), "timestamp": int(t)}
+                                   for i, t in zip(c["item"], c["timestamp"], strict=True)]})
+    return out
+
+
+class ServerProcess:
+    def __init__(self, model: Path, db: Path, max_batch: int, threads: int) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "metaselector", "serve", "--model", str(model),
+                                         "--port", str(self.port), "--history-db", str(db), "--threads", str(threads),
+                                         "--max-batch", str(max_batch), "--queue-size", "1024"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(600):
+            try:
+                if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/v1/health", timeout=10).json()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+
+
+def percentiles(latencies: list[float]) -> dict:
+    if not latencies:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None}
+    values = np.percentile(np.asarray(latencies) * 1000, [50, 95, 99])
+    return {"p50_ms": float(values[0]), "p95_ms": float(values[1]), "p99_ms": float(values[2])}
+
+
+async def closed_loop(url: str, requests: list[dict], concurrency: int, seconds: float) -> dict:
+    latencies, errors = [], 0
+    stop = time.perf_counter() + seconds
+
+    async def client(k: int, session: httpx.AsyncClient) -> None:
+        nonlocal errors
+        index = k
+        while time.perf_counter() < stop:
+            start = time.perf_counter()
+            try:
+                answer = await session.post(f"{url}/v1/score", json=requests[index % len(requests)])
+                if answer.status_code != 200:
+                    errors += 1
+                else:
+                    latencies.append(time.perf_counter() - start)
+            except httpx.HTTPError:
+                errors += 1
+            index += concurrency
+
+    start = time.perf_counter()
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as session:
+        await asyncio.gather(*(client(k, session) for k in range(concurrency)))
+    wall = time.perf_counter() - start
+    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors,
+            "users_per_second": len(latencies) / wall, **percentiles(latencies)}
+
+
+async def open_loop(url: str, requests: list[dict], rate: float, seconds: float) -> dict:
+    latencies, errors = [], 0
+    start = time.perf_counter()
+    count = int(rate * seconds)
+
+    async def one(k: int, session: httpx.AsyncClient) -> None:
+        nonlocal errors
+        scheduled = start + k / rate
+        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        try:
+            answer = await session.post(f"{url}/v1/score", json=requests[k % len(requests)])
+            if answer.status_code == 200:
+                latencies.append(time.perf_counter() - scheduled)
+            else:
+                errors += 1
+        except httpx.HTTPError:
+            errors += 1
+
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=256)) as session:
+        await asyncio.gather(*(one(k, session) for k in range(count)))
+    return {"rate_per_second": rate, "requests": len(latencies), "errors": errors,
+            "users_per_second": len(latencies) / (time.perf_counter() - start), **percentiles(latencies)}
+
+
+def client_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measured(server: ServerProcess, run) -> dict:
+    """Run a load phase; add batch sizes reached and both processes' CPU share of the 2 cores."""
+    before, server_before, client_before = server.health()["batch_sizes"], server.cpu_seconds(), client_cpu()
+    start = time.perf_counter()
+    result = asyncio.run(run)
+    wall = time.perf_counter() - start
+    after = server.health()["batch_sizes"]
+    reached = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
+    sizes = [int(k) for k in reached]
+    result.update({"batch_sizes": reached, "largest_batch": max(sizes) if sizes else 0,
+                   "client_cpu_share": (client_cpu() - client_before) / wall / 2,
+                   "server_cpu_share": (server.cpu_seconds() - server_before) / wall / 2})
+    return result
+
+
+def breakdown(model, body: dict, rounds: int = 20) -> dict:
+    """Where one request's time goes, in this process: parse, encode, adapt + score, score alone."""
+    from metaselector.selection.tasks import UserTask
+    from metaselector.serving.app import ScoreRequest, _frame
+    from metaselector.training.tensors import TensorData
+
+    times = {"parse": [], "encode": [], "adapt_and_score": [], "score_only": []}
+    for _ in range(rounds):
+        start = time.perf_counter()
+        request = ScoreRequest.model_validate(body)
+        history, candidates = _frame(request.user, request.history), _frame(request.user, request.candidates)
+        times["parse"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        events = pd.concat([history, candidates], ignore_index=True)
+        encoded = model.encoder_.encode(events, groups=np.zeros(len(events)))
+        tensors = TensorData(torch.from_numpy(encoded.ids), torch.from_numpy(encoded.weights),
+                             torch.from_numpy(np.nan_to_num(encoded.labels)),
+                             torch.zeros(len(events), dtype=torch.int64))
+        times["encode"].append(time.perf_counter() - start)
+        task = UserTask(0, np.arange(len(history)), np.arange(len(history), len(events)))
+        for key, adapt in (("adapt_and_score", True), ("score_only", False)):
+            start = time.perf_counter()
+            model.learner_.predict(tensors, [task], [task.query], adapt=adapt)
+            times[key].append(time.perf_counter() - start)
+    out = {f"{k}_ms": 1000 * statistics.median(v) for k, v in times.items()}
+    out["adapt_ms"] = out["adapt_and_score_ms"] - out["score_only_ms"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0, help="per closed-loop level")
+    parser.add_argument("--soak", type=float, default=120.0)
+    parser.add_argument("--rate", type=float, default=40.0, help="open-loop arrivals per second")
+    parser.add_argument("--threads", type=int, default=2, help="server torch threads")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = ms.load_data("ml-latest-small")
+    requests = bodies(data)
+    report: dict = {"users": len(requests), "history_events": 50, "candidates": 100, "server_threads": args.threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        ms.MetaSelector(config={"pretrain": {"epochs": 1}, "meta": {"epochs": 1, "max_episodes": 20}}).fit(
+            data).save(model_dir)
+        report["breakdown_single_request"] = breakdown(ms.MetaSelector.load(model_dir), requests[0])
+        for max_batch in (64, 1):
+            server = ServerProcess(model_dir, Path(tmp) / f"h{max_batch}.sqlite", max_batch, args.threads)
+            try:
+                levels = [measured(server, closed_loop(server.url, requests, c, args.seconds)) for c in (1, 8, 32)]
+                entry = {"closed_loop": levels}
+                if max_batch > 1:
+                    entry["open_loop"] = measured(server, open_loop(server.url, requests, args.rate, args.seconds))
+                    rss_start = server.rss_mb()
+                    entry["soak"] = measured(server, closed_loop(server.url, requests, 32, args.soak))
+                    entry["soak"].update({"rss_start_mb": rss_start, "rss_end_mb": server.rss_mb(),
+                                          "rss_growth": server.rss_mb() / rss_start - 1, "seconds": args.soak})
+                report[f"max_batch_{max_batch}"] = entry
+            finally:
+                server.stop()
+    batched = report["max_batch_64"]["closed_loop"][2]["users_per_second"]
+    single = report["max_batch_1"]["closed_loop"][2]["users_per_second"]
+    report["concurrency_32_speedup_from_batching"] = batched / single
+    print(json.dumps(report, indent=None if args.json else 1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Feature-weighted stacking (Sill et al. 2009): blend weights as a function of user
+meta-features, the classic per-user blending baseline.
+
+w(u) = softmax(A f(u)), with f(u) = [1, log(1 + training events), positive rate shrunk toward
+the global one]. A is fitted on out-of-fold predictions: the support models on the query rows
+of the meta-training users (rows those models never trained on), with an L2 penalty on the
+user-dependent columns (the shrinkage), chosen among a few strengths on the held-out training
+users' query rows. At test time each user's features come from their training rows and the
+weights mix the single models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..context import TrainingContext
+from .base import Method, rows_of, split_by_task
+
+PENALTIES = (1e-3, 1e-2, 1e-1, 1.0)
+SHRINK = 5.0  # pseudo-events pulling a user's positive rate toward the global rate
+
+
+def user_features(labels: np.ndarray, tasks, global_rate: float, scale: float) -> torch.Tensor:
+    counts = np.array([len(t.support) for t in tasks], dtype=np.float64)
+    positives = np.array([labels[t.support].sum() for t in tasks], dtype=np.float64)
+    rate = (positives + SHRINK * global_rate) / (counts + SHRINK)
+    return torch.tensor(np.stack([np.ones_like(counts), np.log1p(counts) / scale, rate - global_rate], axis=1))
+
+
+def _fit(features: torch.Tensor, p: torch.Tensor, y: torch.Tensor, start: torch.Tensor, penalty: float):
+    weights = torch.zeros(p.shape[1], features.shape[1], dtype=torch.float64)
+    weights[:, 0] = start
+    weights.requires_grad_(True)
+    optimizer = torch.optim.LBFGS([weights], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        mixed = (torch.softmax(features @ weights.T, dim=1) * p).sum(dim=1).clamp(1e-7, 1 - 1e-7)
+        loss = torch.nn.functional.binary_cross_entropy(mixed, y) + penalty * weights[:, 1:].pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weights.detach()
+
+
+def _loss(weights, features, p, y) -> float:
+    mixed = (torch.softmax(features @ weights.T, dim=1) * p).sum(dim=1).clamp(1e-7, 1 - 1e-7)
+    return float(torch.nn.functional.binary_cross_entropy(mixed, y))
+
+
+class FeatureWeightedStacking(Method):
+    name = "Feature-weighted Stacking"
+
+    def _rows(self, context: TrainingContext, tasks):
+        """Per query row: its user's features, the support models' predictions, the label."""
+        features = user_features(context.data.labels, tasks, self.global_rate, self.scale)
+        owner = np.repeat(np.arange(len(tasks)), [len(t.query) for t in tasks])
+        rows = rows_of(tasks)
+        return features[owner], context.support_probabilities[rows].double(), \
+            torch.as_tensor(context.data.labels[rows], dtype=torch.float64)
+
+    def fit(self, context: TrainingContext) -> dict:
+        train = context.data.labels[np.concatenate([t.support for t in context.train_tasks])]
+        self.global_rate = float(train.mean())
+        self.scale = float(np.log1p(np.median([len(t.support) for t in context.train_tasks])))
+        start = context.blend_logits.double()
+        fit_rows = self._rows(context, context.train_tasks)
+        check_rows = self._rows(context, context.valid_tasks) if context.valid_tasks else fit_rows
+        fitted = {penalty: _fit(*fit_rows, start, penalty) for penalty in PENALTIES}
+        losses = {penalty: _loss(w, *check_rows) for penalty, w in fitted.items()}
+        self.penalty = min(losses, key=losses.get)
+        self.weights = fitted[self.penalty]
+        return {"penalty": self.penalty, "validation_logloss_by_penalty": losses}
+
+    def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
+        features = user_features(context.data.labels, tasks, self.global_rate, self.scale)
+        owner = np.repeat(np.arange(len(tasks)), [len(t.query) for t in tasks])
+        blend = torch.softmax(features[owner] @ self.weights.T, dim=1)
+        p = (blend * context.single_probabilities[rows_of(tasks)].double()).sum(dim=1).numpy()
+        return split_by_task(p, tasks)
+
+
+def methods(config) -> list[Method]:
+    return [FeatureWeightedStacking()]

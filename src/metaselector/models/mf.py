@@ -1,0 +1,41 @@
+"""Collaborative matrix factorisation: a global bias, user and item biases, and the dot product of
+user and item vectors (beyond the paper: a model family unlike the four feature-interaction
+models, so that selecting per user has something different to choose)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .base import BaseModel, Batch, gather_rows, register_model
+
+USER_FIELDS = ("user_id",)
+ITEM_FIELDS = ("movie_id", "item_id")
+
+
+def field_slot(layout, names: tuple[str, ...], model: str) -> int:
+    """The (first) slot of the first field named in `names`."""
+    for f in layout.fields:
+        if f.name in names:
+            return f.slot_start
+    raise ConfigError(f"model {model}: the data has none of the fields {', '.join(names)}")
+
+
+@register_model("MF")
+class MF(BaseModel):
+    table_names = ("bias_table", "embedding")
+
+    def __init__(self, layout, settings) -> None:
+        super().__init__(layout, settings)
+        self.user_slot = field_slot(layout, USER_FIELDS, "MF")
+        self.item_slot = field_slot(layout, ITEM_FIELDS, "MF")
+        self.bias_table = self.table(layout.num_features, (1,))
+        self.embedding = self.table(layout.num_features, (settings.embedding_dim,), std=0.1)
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        pair = batch.ids[:, [self.user_slot, self.item_slot]]  # [N, 2]
+        vectors = gather_rows(self.embedding, pair)  # [N, 2, k]
+        biases = gather_rows(self.bias_table, pair).squeeze(-1).sum(dim=1)
+        return self.bias + biases + (vectors[:, 0] * vectors[:, 1]).sum(dim=-1)
