@@ -111,27 +111,31 @@ class RunResult:
 
 def write_report(out_dir: Path, run: RunResult) -> None:
     """results.json, config.toml, training_notes.json and report.md, each written atomically."""
-    dataset, statistics, rows, new_user_rows = run.dataset, run.statistics, run.rows, run.new_user_rows
-    user_proportions, paired, seeds, stages = run.user_proportions, run.paired, run.seeds, run.stages
-    wall_seconds, config_toml, per_seed, notes = run.wall_seconds, run.config_toml, run.per_seed, run.notes
     results = {
-        "dataset": dataset,
-        "statistics": {k: statistics[k] for k in ("users", "items", "samples", "features")},
-        "rows": rows,
-        "user_proportions": user_proportions,
-        "seeds": seeds,
-        "wall_seconds": wall_seconds,
+        "dataset": run.dataset,
+        "statistics": {k: run.statistics[k] for k in ("users", "items", "samples", "features")},
+        "rows": run.rows,
+        "user_proportions": run.user_proportions,
+        "seeds": run.seeds,
+        "wall_seconds": run.wall_seconds,
     }
-    if new_user_rows:
-        results["new_user_rows"] = new_user_rows
-    undefined = _undefined_metrics(rows)
+    if run.new_user_rows:
+        results["new_user_rows"] = run.new_user_rows
     # Strict JSON: an undefined metric (AUC of test rows with one label class) is null, and the
     # report says why.
     atomic_write_text(out_dir / "results.json", json.dumps(strict(results), indent=2, allow_nan=False) + "\n")
-    atomic_write_text(out_dir / "config.toml", config_toml)
+    atomic_write_text(out_dir / "config.toml", run.config_toml)
+    atomic_write_text(out_dir / "training_notes.json",
+                      json.dumps(strict(run.notes), indent=1, default=str, allow_nan=False) + "\n")
+    atomic_write_text(out_dir / "report.md", "\n\n".join(_table_parts(run) + _analysis_parts(run)) + "\n")
+
+
+def _table_parts(run: RunResult) -> list[str]:
+    """Table 2, Table 3 (per seed too) and Table 3 for new users."""
+    statistics, rows = run.statistics, run.rows
     parts = [
-        f"# MetaSelector reproduction: {dataset}",
-        f"Seeds: {', '.join(map(str, seeds))}. Wall time: {wall_seconds:.0f} s.",
+        f"# MetaSelector reproduction: {run.dataset}",
+        f"Seeds: {', '.join(map(str, run.seeds))}. Wall time: {run.wall_seconds:.0f} s.",
         "## Table 2: statistics",
         "| Users | Items | Samples | Features | Positive rate |\n|---|---|---|---|---|\n"
         f"| {statistics['users']:,} | {statistics['items']:,} | {statistics['samples']:,} | "
@@ -140,42 +144,47 @@ def write_report(out_dir: Path, run: RunResult) -> None:
         "RelImpr is equation (7) against the best single model by AUC. gAUC is the unweighted mean of "
         "per-user AUCs over users whose test samples hold both labels. Rows marked (oracle) choose "
         "with the test labels: they are upper bounds, not methods.",
-        _table(rows, len(seeds) > 1),
+        _table(rows, len(run.seeds) > 1),
     ]
+    undefined = _undefined_metrics(rows)
     if undefined:
         parts.append("Undefined metrics (null in results.json; the test rows of some seed hold one label "
                      "class, or no user has both): " + ", ".join(undefined) + ".")
-    if per_seed and len(per_seed) > 1:
-        header = "| Model | " + " | ".join(f"seed {k} AUC" for k in per_seed) + " |"
-        lines = [header, "|---|" + "---|" * len(per_seed)]
+    if run.per_seed and len(run.per_seed) > 1:
+        header = "| Model | " + " | ".join(f"seed {k} AUC" for k in run.per_seed) + " |"
+        lines = [header, "|---|" + "---|" * len(run.per_seed)]
         for name in rows:
-            lines.append(f"| {name} | " + " | ".join(f"{r[name]['auc']:.4f}" for r in per_seed.values()) + " |")
+            lines.append(f"| {name} | " + " | ".join(f"{r[name]['auc']:.4f}" for r in run.per_seed.values()) + " |")
         parts += ["### AUC of each seed", "\n".join(lines)]
-    if new_user_rows:
+    if run.new_user_rows:
         parts += ["## Table 3 for new users (never seen in training)",
                   "Single models know nothing of these users; MetaSelector adapts on their training part.",
-                  _table(new_user_rows, False)]
-    parts += ["## Table 1: share of users for which each single model has the lowest test LogLoss",
-              "| " + " | ".join(user_proportions) + " |\n|" + "---|" * len(user_proportions) + "\n| "
-              + " | ".join(f"{v:.2%}" for v in user_proportions.values()) + " |"]
+                  _table(run.new_user_rows, False)]
+    return parts
+
+
+def _analysis_parts(run: RunResult) -> list[str]:
+    """Table 1, the paired test, Figure 3, the protocol, stage times, notes and configuration."""
+    shares, paired = run.user_proportions, run.paired
+    parts = ["## Table 1: share of users for which each single model has the lowest test LogLoss",
+             "| " + " | ".join(shares) + " |\n|" + "---|" * len(shares) + "\n| "
+             + " | ".join(f"{v:.2%}" for v in shares.values()) + " |"]
     if paired:
         parts += ["## Paired per-user test: MetaSelector against the best single model",
-                  f"Wilcoxon signed-rank on per-user test LogLoss ({paired['baseline']}), seed {seeds[0]}: "
+                  f"Wilcoxon signed-rank on per-user test LogLoss ({paired['baseline']}), seed {run.seeds[0]}: "
                   f"{paired['users']} users, mean difference {paired['mean_difference']:+.5f}, "
                   f"MetaSelector lower for {paired['users_better']} users, p = {paired['p_value']:.3g}."]
-    parts += ["## Figure 3: per-user test LogLoss", *[f"![{f}]({f})" for f in run.figures],
-              "## Protocol: what each method trained on", run.protocol,
-              "## Time per stage (seconds, summed over seeds) and the process's peak memory so far",
-              "| stage | seconds | peak MB |\n|---|---|---|\n"
-              + "\n".join(f"| {k} | {v:.1f} | {peak:.0f} |" for k, (v, peak) in stages.items()),
-              "## Training notes",
-              "Every learner's history (per epoch: validation LogLoss and what it was measured on), "
-              "splits and fitted weights, per seed, are in `training_notes.json`. Best epochs:",
-              _best_epochs(notes),
-              "## Resolved configuration", "```toml\n" + config_toml + "```"]
-    atomic_write_text(out_dir / "training_notes.json",
-                      json.dumps(strict(notes), indent=1, default=str, allow_nan=False) + "\n")
-    atomic_write_text(out_dir / "report.md", "\n\n".join(parts) + "\n")
+    return parts + [
+        "## Figure 3: per-user test LogLoss", *[f"![{f}]({f})" for f in run.figures],
+        "## Protocol: what each method trained on", run.protocol,
+        "## Time per stage (seconds, summed over seeds) and the process's peak memory so far",
+        "| stage | seconds | peak MB |\n|---|---|---|\n"
+        + "\n".join(f"| {k} | {v:.1f} | {peak:.0f} |" for k, (v, peak) in run.stages.items()),
+        "## Training notes",
+        "Every learner's history (per epoch: validation LogLoss and what it was measured on), "
+        "splits and fitted weights, per seed, are in `training_notes.json`. Best epochs:",
+        _best_epochs(run.notes),
+        "## Resolved configuration", "```toml\n" + run.config_toml + "```"]
 
 
 def strict(value):

@@ -35,6 +35,7 @@ from ..training.row_state import LazyRowAdam, RowStore
 from ..training.state import StateFile
 from ..training.tensors import TensorData
 from .ensemble import Ensemble
+from .padding import padded_rows
 from .tasks import UserTask
 
 
@@ -272,8 +273,8 @@ class MetaLearner:
     def _adapt_and_predict(self, data: TensorData, tasks: Sequence[UserTask], eval_rows: Sequence[np.ndarray],
                            adapt: bool, with_weights: bool = False) -> list:
         """One vmapped chunk of users (see `predict`)."""
-        support = _padded(data, [t.support for t in tasks], self.device)
-        evaluation = _padded(data, list(eval_rows), self.device)
+        support = padded_rows(data, [t.support for t in tasks], self.device)
+        evaluation = padded_rows(data, list(eval_rows), self.device)
         # Each user's sorted feature ids, padded with an id past the vocabulary (never looked up).
         vocabulary = self.params[self.tables[0]].shape[0] if self.tables else 1
         per_user = [torch.unique(torch.cat([s.flatten(), e.flatten()])) for s, e in
@@ -399,35 +400,6 @@ class MetaLearner:
         self.load_state(saved)
         self.dense_optimizer.load_state_dict(saved["dense_optimizer"])
         self.table_optimizer.load_state_dict(saved["table_optimizer"])
-
-
-@dataclass
-class _PaddedRows:
-    ids: torch.Tensor  # [U, n, S], padding rows all 0
-    weights: torch.Tensor  # [U, n, S], padding rows all 0
-    labels: torch.Tensor  # [U, n]
-    mask: torch.Tensor  # [U, n]: 1 for real rows
-    user_ids: list[torch.Tensor]  # each user's real ids, unpadded
-
-
-def _padded(data: TensorData, row_lists: Sequence[np.ndarray], device: torch.device) -> _PaddedRows:
-    """Rows of several users stacked into [U, longest, ...] tensors, zero-padded."""
-    lengths = np.array([len(r) for r in row_lists])
-    longest = max(1, int(lengths.max(initial=0)))
-    flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in row_lists]) if lengths.sum() else \
-        np.empty(0, dtype=np.int64)
-    user = np.repeat(np.arange(len(row_lists)), lengths)
-    slot = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    batch, labels = data.batch(flat, device)
-    shape = (len(row_lists), longest)
-    ids = torch.zeros(*shape, batch.ids.shape[1], dtype=torch.int64, device=device)
-    weights = torch.zeros(*shape, batch.ids.shape[1], dtype=batch.weights.dtype, device=device)
-    padded_labels = torch.zeros(shape, dtype=labels.dtype, device=device)
-    mask = torch.zeros(shape, dtype=labels.dtype, device=device)
-    where = (torch.as_tensor(user, device=device), torch.as_tensor(slot, device=device))
-    ids[where], weights[where], padded_labels[where], mask[where] = batch.ids, batch.weights, labels, 1.0
-    user_ids = list(torch.split(batch.ids, lengths.tolist()))
-    return _PaddedRows(ids, weights, padded_labels, mask, user_ids)
 
 
 def clone_models(models: dict) -> dict:

@@ -115,25 +115,85 @@ async def _too_large(send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(model, store: HistoryStore, settings: ServeSettings) -> FastAPI:
-    """The service around a loaded MetaSelector; the store is closed when the app shuts down."""
-    stats: Counter = Counter()
-    timings: Counter = Counter()
-    model_id = model.manifest_["files"]["weights.safetensors"][:12] if hasattr(model, "manifest_") else "in-memory"
+class Service:
+    """The state behind the routes: the model, its scoring worker, the store, the counters."""
 
-    def score_batch(requests: list[tuple[pd.DataFrame | None, pd.DataFrame]]) -> list:
+    def __init__(self, model, store: HistoryStore, settings: ServeSettings) -> None:
+        self.model, self.store, self.settings = model, store, settings
+        self.stats: Counter = Counter()
+        self.timings: Counter = Counter()
+        manifest = getattr(model, "manifest_", None)
+        self.model_id = manifest["files"]["weights.safetensors"][:12] if manifest else "in-memory"
+        self.batcher = Batcher(self._score_batch, settings.max_batch, settings.queue_size)
+
+    def _score_batch(self, requests: list[tuple[pd.DataFrame | None, pd.DataFrame]]) -> list:
         start = time.perf_counter()
-        scores = model.score_users(requests)
-        timings["encode_adapt_score_seconds"] += time.perf_counter() - start
+        scores = self.model.score_users(requests)
+        self.timings["encode_adapt_score_seconds"] += time.perf_counter() - start
         return scores
 
-    batcher = Batcher(score_batch, settings.max_batch, settings.queue_size)
+    async def _history(self, request: ScoreRequest, user: str) -> pd.DataFrame | None:
+        limit = self.settings.history_length
+        if request.history is not None:
+            if len(request.history) > self.settings.max_events:
+                raise HTTPException(413, f"history: {len(request.history)} events over the limit of "
+                                         f"{self.settings.max_events}")
+            _check_labelled(request.history, "history")
+            return _frame(user, request.history[-limit:]) if request.history else None
+        stored = await asyncio.to_thread(self.store.recent, user, limit)
+        return pd.DataFrame([{"user": user, **e} for e in stored]) if stored else None
+
+    async def score(self, request: ScoreRequest):
+        start = time.perf_counter()
+        if len(request.candidates) > self.settings.max_candidates:
+            raise HTTPException(413, f"candidates: {len(request.candidates)} over the limit of "
+                                     f"{self.settings.max_candidates}")
+        user = str(request.user)
+        history = await self._history(request, user)
+        candidates = _frame(user, request.candidates)
+        self.timings["parse_seconds"] += time.perf_counter() - start
+        try:
+            future = self.batcher.submit((history, candidates))
+        except QueueFull:
+            self.stats["rejected_queue_full"] += 1
+            return JSONResponse({"detail": "busy: the queue is full"}, status_code=503, headers={"Retry-After": "1"})
+        try:
+            result = await asyncio.wrap_future(future)
+        except MetaSelectorError as err:
+            raise HTTPException(422, str(err)) from None
+        self.stats["scored_requests"] += 1
+        self.stats["unknown_users"] += result.unknown["users"] > 0
+        self.stats["unknown_items"] += result.unknown["items"]
+        return {"scores": result.probabilities.tolist(), "weights": result.weights.tolist(),
+                "adapted": result.adapted, "history_events": result.history_events, "model": self.model_id}
+
+    async def record(self, request: EventsRequest) -> dict:
+        if len(request.events) > self.settings.max_events:
+            raise HTTPException(413, f"events: {len(request.events)} over the limit of {self.settings.max_events}")
+        _check_labelled(request.events, "events")
+        rows = [e.model_dump(exclude_none=True) for e in request.events]
+        kept = await asyncio.to_thread(self.store.append, str(request.user), rows)
+        self.stats["stored_events"] += len(rows)
+        return {"user": str(request.user), "stored": len(rows), "history_events": kept}
+
+    def health(self) -> dict:
+        sizes = {str(k): v for k, v in sorted(self.batcher.batch_sizes.items()) if v}
+        return {"status": "ok", "model": self.model_id, **self.stats, "queue": self.batcher.waiting,
+                "batch_sizes": sizes, "busy_seconds": self.batcher.busy_seconds, **self.timings}
+
+    def close(self) -> None:
+        self.batcher.close()  # in-flight requests have been answered; finish anything queued
+        self.store.close()
+
+
+def create_app(model, store: HistoryStore, settings: ServeSettings) -> FastAPI:
+    """The service around a loaded MetaSelector; the store is closed when the app shuts down."""
+    service = Service(model, store, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        batcher.close()  # in-flight requests have been answered; finish anything queued
-        store.close()
+        service.close()
 
     app = FastAPI(title="metaselector", version="1", lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
@@ -142,51 +202,16 @@ def create_app(model, store: HistoryStore, settings: ServeSettings) -> FastAPI:
     async def invalid(request: Request, err: RequestValidationError):
         first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-        stats["invalid_requests"] += 1
+        service.stats["invalid_requests"] += 1
         return JSONResponse({"detail": f"{where}: {first['msg']}"}, status_code=422)
 
     @app.post("/v1/score")
-    async def score(request: ScoreRequest) -> dict:
-        start = time.perf_counter()
-        if len(request.candidates) > settings.max_candidates:
-            raise HTTPException(413, f"candidates: {len(request.candidates)} over the limit of "
-                                     f"{settings.max_candidates}")
-        user = str(request.user)
-        if request.history is not None:
-            if len(request.history) > settings.max_events:
-                raise HTTPException(413, f"history: {len(request.history)} events over the limit of "
-                                         f"{settings.max_events}")
-            _check_labelled(request.history, "history")
-            history = _frame(user, request.history[-settings.history_length:]) if request.history else None
-        else:
-            stored = await asyncio.to_thread(store.recent, user, settings.history_length)
-            history = pd.DataFrame([{"user": user, **e} for e in stored]) if stored else None
-        candidates = _frame(user, request.candidates)
-        timings["parse_seconds"] += time.perf_counter() - start
-        try:
-            future = batcher.submit((history, candidates))
-        except QueueFull:
-            stats["rejected_queue_full"] += 1
-            return JSONResponse({"detail": "busy: the queue is full"}, status_code=503, headers={"Retry-After": "1"})
-        try:
-            result = await asyncio.wrap_future(future)
-        except MetaSelectorError as err:
-            raise HTTPException(422, str(err)) from None
-        stats["scored_requests"] += 1
-        stats["unknown_users"] += result.unknown["users"] > 0
-        stats["unknown_items"] += result.unknown["items"]
-        return {"scores": result.probabilities.tolist(), "weights": result.weights.tolist(),
-                "adapted": result.adapted, "history_events": result.history_events, "model": model_id}
+    async def score(request: ScoreRequest):
+        return await service.score(request)
 
     @app.post("/v1/events")
     async def events(request: EventsRequest) -> dict:
-        if len(request.events) > settings.max_events:
-            raise HTTPException(413, f"events: {len(request.events)} over the limit of {settings.max_events}")
-        _check_labelled(request.events, "events")
-        rows = [e.model_dump(exclude_none=True) for e in request.events]
-        kept = await asyncio.to_thread(store.append, str(request.user), rows)
-        stats["stored_events"] += len(rows)
-        return {"user": str(request.user), "stored": len(rows), "history_events": kept}
+        return await service.record(request)
 
     @app.get("/v1/users/{user}/history")
     async def history(user: str) -> dict:
@@ -194,12 +219,10 @@ def create_app(model, store: HistoryStore, settings: ServeSettings) -> FastAPI:
 
     @app.get("/v1/health")
     async def health() -> dict:
-        return {"status": "ok", "model": model_id, **stats, "queue": batcher.waiting,
-                "batch_sizes": {str(k): v for k, v in sorted(batcher.batch_sizes.items()) if v},
-                "busy_seconds": batcher.busy_seconds, **timings}
+        return service.health()
 
     @app.get("/v1/model")
     async def manifest() -> dict:
-        return getattr(model, "manifest_", {"model": model_id})
+        return getattr(model, "manifest_", {"model": service.model_id})
 
     return app

@@ -207,12 +207,7 @@ def pretrain(
     `optimizer_state`; the starting weights count as epoch 0, so they are kept if no epoch
     improves on them. `state`: written at every epoch boundary and resumed from if present.
     """
-    if valid_rows is None:
-        shuffled = np.random.default_rng(seed).permutation(rows)
-        n_valid = max(1, int(round(len(rows) * settings.validation_fraction)))
-        valid_rows, train_rows = np.sort(shuffled[:n_valid]), shuffled[n_valid:]
-    else:
-        train_rows = np.setdiff1d(rows, valid_rows)
+    valid_rows, train_rows = _split_validation(rows, valid_rows, settings.validation_fraction, seed)
     optimizer = make_optimizer(model, settings)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
@@ -232,11 +227,7 @@ def pretrain(
         model.eval()
         return PretrainResult(**saved["result"], valid_rows=valid_rows)
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        stopper.load_state_dict(saved["stopper"])
+        _restore(saved, model, optimizer, generator, stopper)
     elif optimizer_state is not None:  # warm start: the starting weights are epoch 0
         stopper.update(0, validation_loss(), snapshot)
     for epoch in range(stopper.epoch + 1, settings.epochs + 1):
@@ -249,6 +240,30 @@ def pretrain(
                         "stopper": stopper.state_dict()})
         if stop:
             break
+    return _finish(model, stopper, valid_rows, state)
+
+
+def _split_validation(rows: np.ndarray, valid_rows: np.ndarray | None, fraction: float, seed: int):
+    """(validation rows, training rows): the given slice, or a random `fraction` of `rows`."""
+    if valid_rows is not None:
+        return valid_rows, np.setdiff1d(rows, valid_rows)
+    shuffled = np.random.default_rng(seed).permutation(rows)
+    n_valid = max(1, int(round(len(rows) * fraction)))
+    return np.sort(shuffled[:n_valid]), shuffled[n_valid:]
+
+
+def _restore(saved: dict, model: BaseModel, optimizer, generator: torch.Generator, stopper: EarlyStopping) -> None:
+    """Continue from an epoch boundary: weights, optimizer, both RNGs (batch order, dropout)."""
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    stopper.load_state_dict(saved["stopper"])
+
+
+def _finish(model: BaseModel, stopper: EarlyStopping, valid_rows: np.ndarray, state: StateFile | None
+            ) -> PretrainResult:
+    """Keep the best epoch's weights (and its optimizer state, for a warm start); record it."""
     best = stopper.best_state or {"model": None, "optimizer": {}}
     if best["model"] is not None:
         model.load_state_dict(best["model"])
