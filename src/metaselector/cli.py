@@ -240,7 +240,7 @@ def score(model_dir: Path, history_file: Path, candidates_file: Path, out: Path 
 @click.option("--history-db", type=click.Path(path_type=Path), default=Path("history.sqlite"), show_default=True,
               help="SQLite file of users' recent events (created if missing).")
 @click.option("--history-length", type=click.IntRange(min=1), default=None,
-              help="Events kept per user and used to adapt (default: the model's, 200).")
+              help="Events kept per user and used to adapt (default: the model's serve_history_length, 200).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Users adapted together in one call (1: no batching).")
 @click.option("--queue-size", type=click.IntRange(min=1), default=256, show_default=True,
@@ -270,7 +270,7 @@ def serve(model_dir, host, port, history_db, history_length, max_batch, queue_si
     model = MetaSelector.load(model_dir, model_classes=classes)
     settings = ServeSettings(max_batch=max_batch, queue_size=queue_size, max_candidates=max_candidates,
                              max_events=max_events, max_body_bytes=max_body_bytes,
-                             history_length=history_length or 200)
+                             history_length=history_length or model.config_.serve_history_length)
     try:
         store = SQLiteHistoryStore(history_db, keep=settings.history_length)
     except Exception as err:  # sqlite3 raises several types for a path it cannot use

@@ -94,6 +94,8 @@ class RunConfig:
     deepfm_hidden: list[int] = setting([256, 256, 256], AT_LEAST_ONE, non_empty=True)
     dropout: float = setting(0.1, Interval(0, 1, hi_open=True))  # 0.1 = keep 0.9
     ablations: bool = setting(True)  # the "<model> + per-user adaptation" rows
+    # Serving: each user's most recent events kept by the history store and used to adapt.
+    serve_history_length: int = setting(200, AT_LEAST_ONE)
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
     meta: MetaSettings = field(default_factory=MetaSettings)
     sample_level: SampleLevelSettings = field(default_factory=SampleLevelSettings)
