@@ -22,43 +22,28 @@ class SingleModel(Method):
         return split_by_task(p, tasks)
 
 
-class PerfectSampleLevel(Method):
-    """ORACLE: for each sample, the single model with the lowest LogLoss on its label."""
+class Oracle(Method):
+    """An ORACLE over the single models: it chooses with the test labels, so it bounds, never
+    competes (selection/oracles.py says how each one chooses)."""
 
-    name, oracle = "Perfect Sample-level Selector", True
+    oracle = True
 
-    def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
-        rows = rows_of(tasks)
-        p = oracles.perfect_sample_level(context.single_probabilities[rows].double().numpy(),
-                                         context.data.labels[rows])
-        return split_by_task(p, tasks)
-
-
-class PerfectUserLevel(Method):
-    """ORACLE: for each user, the single model with the lowest mean LogLoss on their test labels."""
-
-    name, oracle = "Perfect User-level Selector", True
+    def __init__(self, name: str, choose) -> None:
+        self.name, self.choose = name, choose
 
     def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
         rows = rows_of(tasks)
-        p = oracles.perfect_user_level(context.single_probabilities[rows].double().numpy(),
-                                       context.data.labels[rows], context.data.users[rows])
-        return split_by_task(p, tasks)
-
-
-class SplitHalfUserLevel(Method):
-    """ORACLE: each user's model chosen on one half of their test rows, scored on the other half
-    (both ways): how much of the user-level oracle's gain a per-user choice can realistically get."""
-
-    name, oracle = "Split-half User-level Selector", True
-
-    def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
-        rows = rows_of(tasks)
-        p = oracles.split_half_user_level(context.single_probabilities[rows].double().numpy(),
-                                          context.data.labels[rows], context.data.users[rows], context.seed)
+        data = context.data
+        p = self.choose(context.single_probabilities[rows].double().numpy(), data.labels[rows], data.users[rows],
+                        context.seed)
         return split_by_task(p, tasks)
 
 
 def methods(config) -> list[Method]:
     return [SingleModel(name, k) for k, name in enumerate(config.models)] + [
-        PerfectSampleLevel(), PerfectUserLevel(), SplitHalfUserLevel()]
+        # per sample: the model with the lowest LogLoss on its label
+        Oracle("Perfect Sample-level Selector", lambda p, y, users, seed: oracles.perfect_sample_level(p, y)),
+        # per user: the model with the lowest mean LogLoss on their test labels
+        Oracle("Perfect User-level Selector", lambda p, y, users, seed: oracles.perfect_user_level(p, y, users)),
+        # per user, chosen on one half of their test rows, scored on the other (both ways)
+        Oracle("Split-half User-level Selector", oracles.split_half_user_level)]
