@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metaselector.data.features import bag, history_positions
+from metaselector.data.encoder import history_positions
+from metaselector.data.features import bag
 from metaselector.data.loading import load_dataset
 from metaselector.data.splits import split_users
 from metaselector.errors import InputError
@@ -62,7 +63,7 @@ def test_history_never_contains_own_or_later_interactions(ml_small):
 def test_history_positions_skip_ties():
     users = np.array([0, 0, 0, 0, 1, 1])
     times = np.array([1, 2, 2, 3, 5, 6])
-    pos, valid = history_positions(users, times, 2)
+    pos, valid = history_positions((users, users), times, times, np.zeros(len(users), dtype=np.int64), 2)
     got = [sorted(p[v].tolist()) for p, v in zip(pos, valid, strict=True)]
     assert got == [[], [0], [0], [1, 2], [], [4]]
 

@@ -180,7 +180,7 @@ class FeatureEncoder:
         h_item = item if history is events else self._lookups["@item"](history["item"])
         unknown = {"users": int((self._lookups["@user"](events["user"]) < 0).sum()),
                    "items": int((item < 0).sum())}
-        hist_pos, hist_valid = _history(users, times, h_times, h_item, self.spec.history_length)
+        hist_pos, hist_valid = history_positions(users, times, h_times, h_item, self.spec.history_length)
         blocks_ids, blocks_weights = [], []
         for f, fs in zip(self.layout.fields, self.spec.fields, strict=True):
             codes, weights = self._field_codes(fs, f, events, times, item, h_item, hist_pos, hist_valid)
@@ -280,7 +280,7 @@ def _group_codes(users: pd.Series, history_users: pd.Series) -> tuple[np.ndarray
     return codes[:len(users)].astype(np.int64), codes[len(users):].astype(np.int64)
 
 
-def _history(users: tuple[np.ndarray, np.ndarray], times: np.ndarray, h_times: np.ndarray,
+def history_positions(users: tuple[np.ndarray, np.ndarray], times: np.ndarray, h_times: np.ndarray,
              h_items: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions (into the history) of each event's `length` latest history events of the same
     user strictly before its timestamp, oldest first, and a validity mask.

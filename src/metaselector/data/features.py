@@ -175,24 +175,6 @@ def bag(rows: np.ndarray, codes: np.ndarray, n_rows: int, cap: int) -> tuple[np.
     return out_codes, out_weights
 
 
-def history_positions(users: np.ndarray, timestamps: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of each sample's `length` most recent earlier interactions, and a mask.
-
-    Rows must be sorted by user then time. Only interactions strictly before the sample's
-    timestamp count: samples sharing a timestamp never see each other.
-    """
-    n = len(users)
-    group_start = np.searchsorted(users, users, side="left")
-    order_key = np.stack([users, timestamps])
-    # First row of each (user, timestamp) block: the history ends just before it.
-    same_as_previous = np.zeros(n, dtype=bool)
-    same_as_previous[1:] = (order_key[:, 1:] == order_key[:, :-1]).all(axis=0)
-    block_start = np.maximum.accumulate(np.where(same_as_previous, 0, np.arange(n)))
-    positions = block_start[:, None] - length + np.arange(length)[None, :]
-    valid = positions >= group_start[:, None]
-    return np.where(valid, positions, 0), valid
-
-
 def encode(raw: RawData, spec: FeatureSpec, label_threshold: float | None = 4.0) -> EncodedDataset:
     """Encode a parsed dataset into the global feature space of `spec`: every event with the
     user's earlier events as its history, sorted by user, then time, then item."""
