@@ -87,23 +87,23 @@ def union_rows(local: torch.Tensor) -> torch.Tensor:
     return rows[rows >= 0]
 
 
-def sum_gradients(tensors: list[torch.Tensor | None], shapes: list[torch.Size], like: torch.Tensor
-                  ) -> list[torch.Tensor | None]:
-    """Sum gradients over ranks in one flat buffer. A None (no gradient on this rank) counts as
-    zeros; the result is None only where no rank had a gradient, as one process would have it."""
-    if not _group.active:
-        return tensors
-    present = torch.tensor([t is not None for t in tensors], dtype=like.dtype, device=like.device)
-    flat = torch.cat([present, *[(t if t is not None else like.new_zeros(s)).reshape(-1)
-                                 for t, s in zip(tensors, shapes, strict=True)]])
+def sum_gradients(holders: list[torch.Tensor]) -> None:
+    """Replace each tensor's .grad by its sum over ranks, all in one flat buffer. A missing
+    .grad (no gradient on this rank) counts as zeros; it stays None only where no rank had a
+    gradient, as one process would have it."""
+    if not _group.active or not holders:
+        return
+    like = holders[0]
+    present = torch.tensor([h.grad is not None for h in holders], dtype=like.dtype, device=like.device)
+    flat = torch.cat([present, *[(h.grad if h.grad is not None else like.new_zeros(h.shape)).reshape(-1)
+                                 for h in holders]])
     dist.all_reduce(flat)
     exchanged["bytes"] += flat.numel() * flat.element_size()
-    out, offset = [], len(tensors)
-    for k, shape in enumerate(shapes):
-        size = shape.numel()
-        out.append(flat[offset:offset + size].view(shape) if flat[k] > 0 else None)
+    offset = len(holders)
+    for k, holder in enumerate(holders):
+        size = holder.numel()
+        holder.grad = flat[offset:offset + size].view(holder.shape) if flat[k] > 0 else None
         offset += size
-    return out
 
 
 def sum_scalar(value: float) -> float:

@@ -206,10 +206,7 @@ class MetaLearner:
         dense parameters and their rates whole, summed in one buffer."""
         holders = [leaves[n] for n in self.tables] + [alphas[n] for n in self.tables] + \
             [self.params[n] for n in self.dense] + [self.alpha[n] for n in self.dense]
-        holders = [h for h in holders if h.requires_grad]
-        summed = distributed.sum_gradients([h.grad for h in holders], [h.shape for h in holders], holders[0])
-        for holder, grad in zip(holders, summed, strict=True):
-            holder.grad = grad
+        distributed.sum_gradients([h for h in holders if h.requires_grad])
 
     def _outer_step(self, rows: torch.Tensor, leaves: dict, alphas: dict) -> None:
         gradients = {}

@@ -132,11 +132,7 @@ def _batch_loss(model: BaseModel, optimizer, batch: Batch, labels: torch.Tensor,
         penalty = embedding_penalty(tables, batch.ids, global_size) if settings.l2_embedding else 0.0
 
         def finish() -> None:
-            if distributed.current().active:
-                params = list(model.parameters())
-                summed = distributed.sum_gradients([p.grad for p in params], [p.shape for p in params], params[0])
-                for p, grad in zip(params, summed, strict=True):
-                    p.grad = grad
+            distributed.sum_gradients(list(model.parameters()))
 
         return loss, loss + settings.l2_embedding * penalty, finish
     # Only the rows this batch uses (on any rank) enter the graph, as small leaves indexed by local ids.
@@ -148,15 +144,9 @@ def _batch_loss(model: BaseModel, optimizer, batch: Batch, labels: torch.Tensor,
     penalty = embedding_penalty(leaves, local, global_size) if settings.l2_embedding else 0.0
 
     def finish() -> None:
-        gradients = {n: leaf.grad for n, leaf in leaves.items()}
-        if distributed.current().active:
-            dense = [p for p in model.parameters() if all(p is not t for t in optimizer.tables.values())]
-            holders = [*leaves.values(), *dense]
-            summed = distributed.sum_gradients([h.grad for h in holders], [h.shape for h in holders], holders[0])
-            gradients = dict(zip(leaves, summed[:len(leaves)], strict=True))
-            for p, grad in zip(dense, summed[len(leaves):], strict=True):
-                p.grad = grad
-        optimizer.set_row_gradients(used, gradients)
+        dense = [p for p in model.parameters() if all(p is not t for t in optimizer.tables.values())]
+        distributed.sum_gradients([*leaves.values(), *dense])
+        optimizer.set_row_gradients(used, {n: leaf.grad for n, leaf in leaves.items()})
 
     return loss, loss + settings.l2_embedding * penalty, finish
 
