@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from metaselector.config import RunConfig
 from metaselector.data.splits import split_users
@@ -206,12 +207,13 @@ def test_meta_training_never_sees_the_rows_it_stops_on(ml1m_fixture, tmp_path, m
     holdout = holdout_rows(split.support, config.pretrain.validation_fraction, seed=0)
     assert len(holdout) > 0 and seen
     assert not set(seen) & set(holdout.tolist())
-    criterion, history = fits[0]
-    assert criterion is not None and len(history.epochs) == 3
-    losses = [e["validation_logloss"] for e in history.epochs]
-    assert all("held_out_users_query_logloss" in e for e in history.epochs)
-    assert history.best_epoch == int(np.argmin(losses))
-    assert history.best_validation == pytest.approx(min(losses))
+    assert fits  # MetaSelector's, and the per-model learners it starts from (model_start = "adapted")
+    for criterion, history in fits:
+        assert criterion is not None and len(history.epochs) == 3
+        losses = [e["validation_logloss"] for e in history.epochs]
+        assert all("held_out_users_query_logloss" in e for e in history.epochs)
+        assert history.best_epoch == int(np.argmin(losses))
+        assert history.best_validation == pytest.approx(min(losses))
 
 
 def test_reproduce_runs_on_every_format_fixture(tmp_path):
@@ -264,3 +266,71 @@ def test_batched_meta_testing_equals_per_user_dense_adaptation(ml1m_fixture, inn
     plain = learner.ensemble.probabilities(dict(learner.params), tensors.batch(eval_rows[0])[0])
     np.testing.assert_allclose(unadapted[0], plain.detach().numpy(), rtol=1e-10)
     assert not np.allclose(unadapted[0], batched[0])
+
+
+def test_own_model_loss_adapts_each_model_as_if_alone(ml1m_fixture):
+    """model_loss = "own": base model k's inner gradient is its own LogLoss's gradient (what a
+    one-model ensemble gets), and the selector's is the mixture's with the models' predictions
+    held fixed; "mixture" reaches model k only scaled by its weight, so the two differ."""
+    learner = _learner(ml1m_fixture)
+    tensors, tasks = _episode(ml1m_fixture, n_users=1)
+    batch, labels = tensors.batch(tasks[0].support)
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in learner.params.items()}
+    ensemble = learner.ensemble
+    own = torch.func.grad(lambda p: ensemble.loss(p, batch, labels, model_loss="own"))(params)
+    mixture = torch.func.grad(lambda p: ensemble.loss(p, batch, labels))(params)
+    for key, model in ensemble.models.items():
+        alone = Ensemble({key: model}, None).to(torch.float64)
+        prefix = f"models.{key}."
+        mine = {n: v for n, v in params.items() if n.startswith(prefix)}
+        expected = torch.func.grad(lambda p: alone.loss(p, batch, labels))(mine)  # noqa: B023
+        for n in mine:
+            torch.testing.assert_close(own[n], expected[n], rtol=1e-10, atol=1e-12)
+        assert not torch.allclose(own[f"{prefix}{model.table_names[0]}"], mixture[f"{prefix}{model.table_names[0]}"])
+    fixed = ensemble.per_model(params, batch).detach()
+    selector_only = torch.func.grad(
+        lambda p: F.binary_cross_entropy(ensemble.mixture(p, batch, fixed)[0].clamp(1e-7, 1 - 1e-7), labels))(params)
+    for n in params:
+        if n.startswith("selector."):
+            torch.testing.assert_close(own[n], selector_only[n], rtol=1e-10, atol=1e-12)
+
+
+def test_metaselector_starts_from_each_models_own_adaptation(ml1m_fixture, monkeypatch):
+    """model_start = "adapted": when MetaSelector's meta-training begins, each base model's theta
+    and Meta-SGD rates are those its own per-user-adaptation learner ended with (in the support
+    models' basis, before the change carried onto the single models)."""
+    from metaselector.experiment.context import Timer, prepare_training
+    from metaselector.experiment.meta_training import meta_train
+
+    starts = []
+    fit = MetaLearner.fit
+
+    def recording_fit(self, *args, **kwargs):
+        if self.ensemble.selector is not None:
+            starts.append((self.state(), self.dense_alpha()))
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(MetaLearner, "fit", recording_fit)
+    config = tiny("movielens-1m", models=["LR", "FM", "DeepFM"],
+                  meta={"epochs": 1, "model_start": "adapted", "model_loss": "own"})
+    torch.set_num_threads(1)
+    split = split_users(ml1m_fixture.users, ml1m_fixture.timestamps, seed=0)
+    context = prepare_training(config, ml1m_fixture, split, 0, Timer(lambda m: None))
+    meta_train(context, "MetaSelector", context.base.support, context.new_selector())
+    (state, alphas), = starts
+    moved = []
+    for name in config.models:
+        own = context.adapted[name]
+        carried = dict(context.base.singles[name].named_parameters())
+        support = dict(context.base.support[name].named_parameters())
+        own_alpha = own.dense_alpha()
+        for pname in support:
+            key = f"models.{name}.{pname}"
+            expected = own.params[key].detach() - (carried[pname].detach() - support[pname].detach())
+            torch.testing.assert_close(state["params"][key], expected, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(alphas[key], own_alpha[key])
+        if any(not torch.allclose(state["params"][f"models.{name}.{p}"], support[p].detach()) for p in support):
+            moved.append(name)
+    # a model whose own meta-training kept its epoch 0 starts from its pretrained weights; at least
+    # one did not, so the start is not simply the pretrained models
+    assert moved and all(context.notes_of_adapted[m]["best_epoch"] > 0 for m in moved)

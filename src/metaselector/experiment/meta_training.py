@@ -34,11 +34,29 @@ def test_like_loss(learner: MetaLearner, context: TrainingContext, models: dict[
     return logloss(context.data.labels[np.concatenate([t.query for t in tasks])], p)
 
 
+def per_model_learner(context: TrainingContext, model: str) -> MetaLearner:
+    """Base model `model` meta-trained alone (no selector) and adapted per user: the
+    "<model> + per-user adaptation" row, and MetaSelector's start with [meta] model_start =
+    "adapted". Trained once per context."""
+    if model not in context.adapted:
+        name = f"{model} + per-user adaptation"
+        context.adapted[model], context.notes_of_adapted[model] = meta_train(
+            context, name, {model: context.base.support[model]}, None)
+    return context.adapted[model]
+
+
 def meta_train(context: TrainingContext, name: str, models: dict[str, BaseModel],
                selector: Selector | None) -> tuple[MetaLearner, dict]:
     """Meta-train copies of `models` (and `selector`); with refit, carry the result onto the
     single models. Returns the learner, ready to adapt and predict, and its training notes."""
     learner = MetaLearner(Ensemble(clone_models(models), selector), context.config.meta, context.device)
+    if selector is not None and context.config.meta.model_start == "adapted":
+        for model in models:
+            start = per_model_learner(context, model)
+            # The per-model learner was carried onto the single models; its support-row weights
+            # are those less the carried difference.
+            shift = _carried_shift(context, model) if context.refit else None
+            learner.start_model_from(model, start, shift)
     criterion = None
     if context.config.meta.stop_on == "held-out-rows" and context.check_tasks:
         def criterion() -> float:
@@ -52,3 +70,9 @@ def meta_train(context: TrainingContext, name: str, models: dict[str, BaseModel]
     notes = {"best_epoch": history.best_epoch, "validation_logloss": history.best_validation,
              "epochs": history.epochs}
     return learner, notes
+
+
+def _carried_shift(context: TrainingContext, model: str) -> dict:
+    """singles - support, per parameter of `model`: what carry_to_singles added."""
+    support = dict(context.base.support[model].named_parameters())
+    return {n: v.detach() - support[n].detach() for n, v in context.base.singles[model].named_parameters()}

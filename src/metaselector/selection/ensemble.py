@@ -43,13 +43,20 @@ class Ensemble(nn.Module):
         # For each module: (prefix, module), so a flat dict is split once per call.
         self._parts = [(f"models.{key}.", m) for key, m in self.models.items()]
 
-    def mixture(self, params: dict[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(final probability [N], the selector's weights [N, K]) under the parameter dict `params`."""
+    def per_model(self, params: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """Each base model's probability [N, K] under the parameter dict `params`."""
         per_model = []
         for prefix, module in self._parts:
             own = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
             per_model.append(torch.sigmoid(functional_call(module, own, (batch,))))
-        stacked = torch.stack(per_model, dim=-1)
+        return torch.stack(per_model, dim=-1)
+
+    def mixture(self, params: dict[str, torch.Tensor], batch: Batch,
+                stacked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final probability [N], the selector's weights [N, K]) under the parameter dict `params`
+        (`stacked`: the base models' probabilities, if already computed)."""
+        if stacked is None:
+            stacked = self.per_model(params, batch)
         if self.selector is None:
             return stacked[:, 0], torch.ones_like(stacked)
         own = {k[9:]: v for k, v in params.items() if k.startswith("selector.")}
@@ -68,10 +75,27 @@ class Ensemble(nn.Module):
         return mix(self.selector(batch, stacked), stacked)
 
     def loss(self, params: dict[str, torch.Tensor], batch: Batch, labels: torch.Tensor,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean LogLoss; with `mask`, the mean over the rows where it is 1 (padded batches)."""
-        p = self.probabilities(params, batch).clamp(EPS, 1 - EPS)
-        if mask is None:
-            return F.binary_cross_entropy(p, labels)
-        losses = F.binary_cross_entropy(p, labels, reduction="none")
-        return (losses * mask).sum() / mask.sum().clamp(min=1)
+             mask: torch.Tensor | None = None, model_loss: str = "mixture") -> torch.Tensor:
+        """Mean LogLoss of the mixture; with `mask`, the mean over the rows where it is 1 (padded
+        batches).
+
+        model_loss "own": each base model's parameters descend that model's own LogLoss and the
+        selector's the mixture's, computed on the models' probabilities with their gradient
+        stopped: the sum of the two. The mixture's gradient reaches model k scaled by its weight
+        lambda_k, so with many models (or one with a small weight) "mixture" adapts each model
+        by a fraction of what its own loss would; "own" adapts each as if it were alone."""
+        stacked = self.per_model(params, batch)
+        if model_loss == "mixture" or self.selector is None:
+            return _mean_logloss(self.mixture(params, batch, stacked)[0], labels, mask)
+        fixed = stacked.detach()
+        selector_loss = _mean_logloss(self.mixture(params, batch, fixed)[0], labels, mask)
+        own = sum(_mean_logloss(stacked[:, k], labels, mask) for k in range(stacked.shape[1]))
+        return selector_loss + own
+
+
+def _mean_logloss(p: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    p = p.clamp(EPS, 1 - EPS)
+    if mask is None:
+        return F.binary_cross_entropy(p, labels)
+    losses = F.binary_cross_entropy(p, labels, reduction="none")
+    return (losses * mask).sum() / mask.sum().clamp(min=1)

@@ -73,6 +73,16 @@ class MetaSettings:
     # the start should be the best fixed blend.
     selector_start: str = setting("global-mixture", Options(("uniform", "global-mixture")))
     selector_uses_predictions: bool = setting(True)  # chosen by held-out users' query LogLoss
+    # What each base model's parameters descend, in the inner step and the outer step: "mixture"
+    # (the paper: the mixture's LogLoss) or "own" (the model's own LogLoss; the selector still
+    # descends the mixture's). See Ensemble.loss. "own" won on held-out rows (README, Findings).
+    model_loss: str = setting("own", Options(("mixture", "own")))
+    # Where the base models' theta and Meta-SGD rates start meta-training: "pretrained" (the
+    # paper) or "adapted": from each model's own per-user-adaptation meta-training (the model
+    # alone, no selector; the "<model> + per-user adaptation" rows), so that the joint stage
+    # starts from every model adapting well and is kept only where the selector adds to it.
+    # "adapted" won on held-out rows (README, Findings).
+    model_start: str = setting("adapted", Options(("pretrained", "adapted")))
     # Which rows the meta-learned base models are pretrained on: "support" keeps the query sets
     # out-of-sample for the selector (the single models are then these models trained on, warm,
     # over all training rows); "train" uses all training rows.
@@ -149,7 +159,8 @@ class MetaLearner:
         differentiable for the outer loop. First order: the gradient is detached."""
         steps = self.settings.inner_steps if steps is None else steps
         for _ in range(steps):
-            grads = torch.func.grad(lambda p: self.ensemble.loss(p, batch, labels, mask))(params)
+            grads = torch.func.grad(lambda p: self.ensemble.loss(p, batch, labels, mask, self.settings.model_loss))(
+                params)
             params = {n: v - alphas[n] * (grads[n] if create_graph else grads[n].detach())
                       for n, v in params.items()}
         return params
@@ -194,7 +205,8 @@ class MetaLearner:
             params, rates, (s_ids, q_ids) = self._user_view(rows, leaves, alphas, [s_batch.ids, q_batch.ids])
             adapted = self.adapt(params, rates, Batch(s_ids, s_batch.weights), s_labels,
                                  create_graph=not self.settings.first_order)
-            query_loss = self.ensemble.loss(adapted, Batch(q_ids, q_batch.weights), q_labels)
+            query_loss = self.ensemble.loss(adapted, Batch(q_ids, q_batch.weights), q_labels,
+                                             model_loss=self.settings.model_loss)
             (query_loss / len(tasks)).backward()
             total += query_loss.item()
         if distributed.current().active:
@@ -318,6 +330,18 @@ class MetaLearner:
             new = dict(after[name].named_parameters())
             for pname, value in old.named_parameters():
                 self.params[f"models.{self.ensemble.key_of[name]}.{pname}"].add_(new[pname].to(value.device) - value)
+
+    @torch.no_grad()
+    def start_model_from(self, name: str, other: MetaLearner, shift: dict[str, torch.Tensor] | None = None) -> None:
+        """Base model `name`'s theta and Meta-SGD rates from `other` (a learner holding that model),
+        less `shift` per parameter (to undo a change carried onto other weights)."""
+        mine, theirs = f"models.{self.ensemble.key_of[name]}.", f"models.{other.ensemble.key_of[name]}."
+        for n, p in self.params.items():
+            if n.startswith(mine):
+                source = theirs + n[len(mine):]
+                p.copy_(other.params[source] - (shift[n[len(mine):]] if shift else 0))
+                self.alpha[n].copy_(other.alpha[source].clone() if isinstance(other.alpha[source], RowStore)
+                                    else other.alpha[source])
 
     # ---- the outer loop -------------------------------------------------------------
     def dense_alpha(self) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..context import TrainingContext
-from ..meta_training import meta_train
+from ..meta_training import per_model_learner
 from .base import Method, split_by_task
 
 
@@ -34,9 +34,9 @@ class PerUserAdaptation(Method):
         self.model, self.name = model, f"{model} + per-user adaptation"
 
     def fit(self, context: TrainingContext) -> dict:
-        self.learner, notes = meta_train(context, self.name, {self.model: context.base.support[self.model]}, None)
-        context.adapted[self.model] = self.learner  # reused by the adaptation-then-blend row
-        return notes
+        # Shared with the adaptation-then-blend row (and MetaSelector's start, model_start = "adapted").
+        self.learner = per_model_learner(context, self.model)
+        return context.notes_of_adapted[self.model]
 
     def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
         return self.learner.predict(context.tensors, tasks, [t.query for t in tasks])
@@ -58,9 +58,7 @@ class AdaptationThenBlend(Method):
 
     def fit(self, context: TrainingContext) -> dict:
         for model in context.config.models:
-            if model not in context.adapted:
-                context.adapted[model], _ = meta_train(context, f"{model} + per-user adaptation",
-                                                       {model: context.base.support[model]}, None)
+            per_model_learner(context, model)
         self.weights = np.asarray(torch.softmax(context.blend_logits.double(), 0))
         return {}
 

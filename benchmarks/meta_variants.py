@@ -1,0 +1,120 @@
+"""MetaSelector variants compared on validation rows of the training data, never on test.
+
+For each seed: the split and base models of `metaselector reproduce` (pretraining is cached
+under --state and reused), then every variant's meta-training. A variant is a set of [meta]
+settings laid over the run's. Each variant's choice criterion is what stops its meta-training:
+the test-time setup's LogLoss on the base models' shared validation slice (rows no model has
+trained on; up to 2,000 users adapting on their other training rows). The per-user adaptation
+learners and their global blend ("adaptation + blend") are scored on the same rows, so the
+strongest simple alternative is judged by the same yardstick. Test metrics are printed beside,
+for the report only: choose by the `validation` column.
+
+    python benchmarks/meta_variants.py --seeds 0 1 2 --models LR,FM,FFM,DeepFM,MF,DIN \\
+        --variant mixture='{}' --variant own='{"model_loss": "own"}' --threads 2 --json out.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metaselector.config import load_config
+from metaselector.data.loading import load_dataset
+from metaselector.data.splits import split_users
+from metaselector.evaluation.metrics import logloss, summary
+from metaselector.experiment.context import Timer, prepare_training
+from metaselector.experiment.meta_training import meta_train
+from metaselector.selection.tasks import tasks_for
+from metaselector.settings import build
+
+
+def rows_of(tasks) -> np.ndarray:
+    return np.concatenate([t.query for t in tasks])
+
+
+def scored(context, predictions, tasks) -> dict:
+    rows = rows_of(tasks)
+    p = np.concatenate(predictions)
+    return summary(context.data.users[rows], context.data.labels[rows], p)
+
+
+def adaptation_blend(context, test_tasks) -> dict:
+    """Every base model meta-trained alone, adapted per user, mixed by the global blend: its
+    LogLoss on the same held-out rows the variants stop on, and its test metrics."""
+    weights = np.asarray(torch.softmax(context.blend_logits.double(), 0))
+    validation, test = [], []
+    for name in context.config.models:
+        learner, _ = meta_train(context, f"{name} + per-user adaptation", {name: context.base.support[name]}, None)
+        check = context.check_tasks
+        validation.append(np.concatenate(learner.predict(context.tensors, check, [t.query for t in check])))
+        test.append(np.concatenate(learner.predict(context.tensors, test_tasks, [t.query for t in test_tasks])))
+    check_rows = rows_of(context.check_tasks)
+    v = np.stack(validation, 1) @ weights
+    t = np.stack(test, 1) @ weights
+    rows = rows_of(test_tasks)
+    return {"validation": logloss(context.data.labels[check_rows], v),
+            **summary(context.data.users[rows], context.data.labels[rows], t)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ml-latest-small")
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--models", default="LR,FM,FFM,DeepFM")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--variant", action="append", default=[], help="NAME=JSON of [meta] settings")
+    parser.add_argument("--base-meta", default="{}", help="JSON of [meta] settings for every learner")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the adaptation + blend learners")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--state", type=Path, default=Path("/tmp/metaselector-variants"))
+    parser.add_argument("--json", type=Path, help="append one JSON line per result")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    variants = [(v.split("=", 1)[0], json.loads(v.split("=", 1)[1])) for v in args.variant] or [("paper", {})]
+    base_meta = json.loads(args.base_meta)
+    config = load_config(args.dataset, None, {"models": args.models.split(","), "meta": base_meta})
+    data = load_dataset(args.dataset, args.data_dir, log=lambda m: None)
+    for seed in args.seeds:
+        split = split_users(data.users, data.timestamps, seed, temporal=config.split == "temporal")
+        tag = "".join(f"-{k}={v}" for k, v in sorted(base_meta.items()))
+        state = args.state / f"{args.dataset}-{'-'.join(config.models)}{tag}" / f"seed{seed}"
+        context = prepare_training(config, data, split, seed, Timer(lambda m: None), state_dir=state)
+        test_tasks = tasks_for(data.users, split.train, split.test)
+        test_rows = rows_of(test_tasks)
+        singles = {name: summary(data.users[test_rows], data.labels[test_rows],
+                                 context.single_probabilities[test_rows][:, k].double().numpy())
+                   for k, name in enumerate(config.models)}
+        def report(result: dict) -> None:
+            line = json.dumps(result)
+            print(line, flush=True)
+            if args.json:
+                with open(args.json, "a") as handle:
+                    handle.write(line + "\n")
+
+        for name, m in singles.items():
+            report({"seed": seed, "method": f"single {name}", **m})
+        if not args.no_baseline:
+            start = time.perf_counter()
+            report({"seed": seed, "method": "adaptation + blend", **adaptation_blend(context, test_tasks),
+                    "seconds": time.perf_counter() - start})
+        for name, settings in variants:
+            meta = build(type(config.meta), {**config.meta.__dict__, **settings}, f"variant {name}")
+            context.config = replace(config, meta=meta)
+            start = time.perf_counter()
+            learner, notes = meta_train(context, f"MetaSelector {name}", context.base.support, context.new_selector())
+            test = scored(context, learner.predict(context.tensors, test_tasks, [t.query for t in test_tasks]),
+                          test_tasks)
+            report({"seed": seed, "method": f"MetaSelector {name}", "settings": settings,
+                    "validation": notes["validation_logloss"], "best_epoch": notes["best_epoch"], **test,
+                    "seconds": time.perf_counter() - start})
+            context.config = config
+
+
+if __name__ == "__main__":
+    main()
