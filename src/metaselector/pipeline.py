@@ -18,7 +18,10 @@ What each method trains on (all are judged on the same test rows):
                            the per-user adaptations stop (meta stop_on = "held-out-rows") on
                            the test-time setup's LogLoss over that validation slice, which no
                            model has trained on; Simplified on held-out training users' query
-                           LogLoss
+                           LogLoss; with [meta] model_start = "adapted" (default) MetaSelector's
+                           base models start from the "<model> + per-user adaptation" learners
+                           (the same learners those rows report), and only then is the
+                           selector meta-trained with them
   refit (default on)       at test time every selector, the sample-level one included, is
                            applied to the single-model rows' models (the support models
                            continued on all training rows), carrying over the change
