@@ -71,7 +71,8 @@ def _dense_grads(learner, tensors, tasks):
         q_batch, q_labels = tensors.batch(t.query)
         episode.append((tuple(s_batch), s_labels, tuple(q_batch), q_labels))
     alpha = {n: a.requires_grad_(True) for n, a in learner.dense_alpha().items()}
-    loss = dense_episode_backward(learner.ensemble, alpha, episode, first_order=learner.settings.first_order)
+    loss = dense_episode_backward(learner.ensemble, alpha, episode, first_order=learner.settings.first_order,
+                                  model_loss=learner.settings.model_loss)
     grads = {}
     for n, p in learner.params.items():
         grads[n], grads["alpha:" + n] = p.grad.clone(), alpha[n].grad.clone()
@@ -84,9 +85,10 @@ def _zero(learner):
             t.grad = None
 
 
-@pytest.mark.parametrize("first_order", [False, True])
-def test_sparse_meta_gradient_equals_dense_reference(ml1m_fixture, first_order):
+@pytest.mark.parametrize("first_order,model_loss", [(False, "mixture"), (True, "mixture"), (False, "own")])
+def test_sparse_meta_gradient_equals_dense_reference(ml1m_fixture, first_order, model_loss):
     learner = _learner(ml1m_fixture, first_order)
+    learner.settings.model_loss = model_loss
     tensors, tasks = _episode(ml1m_fixture)
     dense, dense_loss = _dense_grads(learner, tensors, tasks)
     _zero(learner)
