@@ -7,12 +7,14 @@ rows (one base model, no selector).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..evaluation.metrics import logloss
 from ..models import BaseModel
 from ..selection.ensemble import Ensemble
 from ..selection.meta import MetaLearner, clone_models
 from ..selection.selector import Selector
+from ..training.row_state import RowStore
 from ..training.state import StateFile
 from .context import TrainingContext
 
@@ -56,7 +58,7 @@ def meta_train(context: TrainingContext, name: str, models: dict[str, BaseModel]
             # The per-model learner was carried onto the single models; its support-row weights
             # are those less the carried difference.
             shift = _carried_shift(context, model) if context.refit else None
-            learner.start_model_from(model, start, shift)
+            _start_model_from(learner, model, start, shift)
     criterion = None
     if context.config.meta.stop_on == "held-out-rows" and context.check_tasks:
         def criterion() -> float:
@@ -70,6 +72,19 @@ def meta_train(context: TrainingContext, name: str, models: dict[str, BaseModel]
     notes = {"best_epoch": history.best_epoch, "validation_logloss": history.best_validation,
              "epochs": history.epochs}
     return learner, notes
+
+
+@torch.no_grad()
+def _start_model_from(learner: MetaLearner, name: str, other: MetaLearner, shift: dict | None) -> None:
+    """Base model `name`'s theta and Meta-SGD rates in `learner` from `other` (a learner holding
+    that model), less `shift` per parameter (to undo a change carried onto other weights)."""
+    mine, theirs = f"models.{learner.ensemble.key_of[name]}.", f"models.{other.ensemble.key_of[name]}."
+    for n, p in learner.params.items():
+        if n.startswith(mine):
+            source = theirs + n[len(mine):]
+            p.copy_(other.params[source] - (shift[n[len(mine):]] if shift else 0))
+            rate = other.alpha[source]
+            learner.alpha[n].copy_(rate.clone() if isinstance(rate, RowStore) else rate)
 
 
 def _carried_shift(context: TrainingContext, model: str) -> dict:

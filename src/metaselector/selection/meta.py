@@ -331,18 +331,6 @@ class MetaLearner:
             for pname, value in old.named_parameters():
                 self.params[f"models.{self.ensemble.key_of[name]}.{pname}"].add_(new[pname].to(value.device) - value)
 
-    @torch.no_grad()
-    def start_model_from(self, name: str, other: MetaLearner, shift: dict[str, torch.Tensor] | None = None) -> None:
-        """Base model `name`'s theta and Meta-SGD rates from `other` (a learner holding that model),
-        less `shift` per parameter (to undo a change carried onto other weights)."""
-        mine, theirs = f"models.{self.ensemble.key_of[name]}.", f"models.{other.ensemble.key_of[name]}."
-        for n, p in self.params.items():
-            if n.startswith(mine):
-                source = theirs + n[len(mine):]
-                p.copy_(other.params[source] - (shift[n[len(mine):]] if shift else 0))
-                self.alpha[n].copy_(other.alpha[source].clone() if isinstance(other.alpha[source], RowStore)
-                                    else other.alpha[source])
-
     # ---- the outer loop -------------------------------------------------------------
     def dense_alpha(self) -> dict[str, torch.Tensor]:
         """Every Meta-SGD rate as a full tensor (tables materialised; for tests and inspection)."""
