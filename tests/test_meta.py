@@ -322,7 +322,7 @@ def test_metaselector_starts_from_each_models_own_adaptation(ml1m_fixture, monke
     (state, alphas), = starts
     moved = []
     for name in config.models:
-        own = context.adapted[name]
+        own, _ = context.adapted[name]
         carried = dict(context.base.singles[name].named_parameters())
         support = dict(context.base.support[name].named_parameters())
         own_alpha = own.dense_alpha()
@@ -335,4 +335,4 @@ def test_metaselector_starts_from_each_models_own_adaptation(ml1m_fixture, monke
             moved.append(name)
     # a model whose own meta-training kept its epoch 0 starts from its pretrained weights; at least
     # one did not, so the start is not simply the pretrained models
-    assert moved and all(context.notes_of_adapted[m]["best_epoch"] > 0 for m in moved)
+    assert moved and all(context.adapted[m][1]["best_epoch"] > 0 for m in moved)

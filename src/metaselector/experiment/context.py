@@ -78,8 +78,7 @@ class TrainingContext:
     progress: bool = False
     notes: dict = field(default_factory=dict)
     state_dir: Path | None = None  # training state at epoch boundaries, for resuming
-    adapted: dict = field(default_factory=dict)  # base model -> its per-user-adaptation learner
-    notes_of_adapted: dict = field(default_factory=dict)  # base model -> that learner's training notes
+    adapted: dict = field(default_factory=dict)  # base model -> (its per-user-adaptation learner, notes)
 
     @property
     def refit(self) -> bool:

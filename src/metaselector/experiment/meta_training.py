@@ -36,14 +36,13 @@ def test_like_loss(learner: MetaLearner, context: TrainingContext, models: dict[
     return logloss(context.data.labels[np.concatenate([t.query for t in tasks])], p)
 
 
-def per_model_learner(context: TrainingContext, model: str) -> MetaLearner:
-    """Base model `model` meta-trained alone (no selector) and adapted per user: the
-    "<model> + per-user adaptation" row, and MetaSelector's start with [meta] model_start =
-    "adapted". Trained once per context."""
+def per_model_learner(context: TrainingContext, model: str) -> tuple[MetaLearner, dict]:
+    """Base model `model` meta-trained alone (no selector) and adapted per user, with its training
+    notes: the "<model> + per-user adaptation" row, and MetaSelector's start with [meta]
+    model_start = "adapted". Trained once per context."""
     if model not in context.adapted:
-        name = f"{model} + per-user adaptation"
-        context.adapted[model], context.notes_of_adapted[model] = meta_train(
-            context, name, {model: context.base.support[model]}, None)
+        context.adapted[model] = meta_train(context, f"{model} + per-user adaptation",
+                                            {model: context.base.support[model]}, None)
     return context.adapted[model]
 
 
@@ -54,7 +53,7 @@ def meta_train(context: TrainingContext, name: str, models: dict[str, BaseModel]
     learner = MetaLearner(Ensemble(clone_models(models), selector), context.config.meta, context.device)
     if selector is not None and context.config.meta.model_start == "adapted":
         for model in models:
-            start = per_model_learner(context, model)
+            start, _ = per_model_learner(context, model)
             # The per-model learner was carried onto the single models; its support-row weights
             # are those less the carried difference.
             shift = _carried_shift(context, model) if context.refit else None

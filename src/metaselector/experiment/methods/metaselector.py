@@ -35,8 +35,8 @@ class PerUserAdaptation(Method):
 
     def fit(self, context: TrainingContext) -> dict:
         # Shared with the adaptation-then-blend row (and MetaSelector's start, model_start = "adapted").
-        self.learner = per_model_learner(context, self.model)
-        return context.notes_of_adapted[self.model]
+        self.learner, notes = per_model_learner(context, self.model)
+        return notes
 
     def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
         return self.learner.predict(context.tensors, tasks, [t.query for t in tasks])
@@ -63,7 +63,8 @@ class AdaptationThenBlend(Method):
         return {}
 
     def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
-        per_model = [np.concatenate(context.adapted[m].predict(context.tensors, tasks, [t.query for t in tasks]))
+        queries = [t.query for t in tasks]
+        per_model = [np.concatenate(per_model_learner(context, m)[0].predict(context.tensors, tasks, queries))
                      for m in context.config.models]
         p = np.stack(per_model, axis=1) @ self.weights
         return split_by_task(p, tasks)
