@@ -4,13 +4,16 @@ For each seed: the split and base models of `metaselector reproduce` (pretrainin
 under --state and reused), then every variant's meta-training. A variant is a set of [meta]
 settings laid over the run's. Each variant's choice criterion is what stops its meta-training:
 the test-time setup's LogLoss on the base models' shared validation slice (rows no model has
-trained on; up to 2,000 users adapting on their other training rows). The per-user adaptation
-learners and their global blend ("adaptation + blend") are scored on the same rows, so the
+trained on; up to 2,000 users adapting on their other training rows). Every variant is named by
+what it sets: "paper" is the paper row's settings (Algorithm 1 with section 5.3's values,
+`experiment/paper.py`), "validated" the [meta] table as configured (the project's defaults), and
+each --variant is a JSON of [meta] settings laid over the paper's, named "paper + key=value, ...".
+The per-user adaptation learners and their global blend ("adaptation + blend") are scored on the same rows, so the
 strongest simple alternative is judged by the same yardstick. Test metrics are printed beside,
 for the report only: choose by the `validation` column.
 
     python benchmarks/meta_variants.py --seeds 0 1 2 --models LR,FM,FFM,DeepFM,MF,DIN \\
-        --variant mixture='{}' --variant own='{"model_loss": "own"}' --threads 2 --json out.jsonl
+        --variant '{"model_loss": "own"}' --threads 2 --json out.jsonl
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ from metaselector.evaluation.metrics import logloss, summary
 from metaselector.experiment.context import Timer, prepare_training
 from metaselector.experiment.meta_training import meta_train
 from metaselector.experiment.methods.metaselector import AdaptationThenBlend
+from metaselector.experiment.paper import paper_meta, resolved_meta
 from metaselector.selection.tasks import tasks_for
 from metaselector.settings import build
 
@@ -56,13 +59,26 @@ def adaptation_blend(context, test_tasks) -> dict:
             **scored(context, method.predict(context, test_tasks), test_tasks)}
 
 
+def named_variants(meta, overlays: list[dict], defaults: bool) -> list[tuple[str, object]]:
+    """(name, [meta] settings): the paper's and the configured ("validated") ones, then each overlay
+    laid over the paper's, named by what it sets."""
+    paper = paper_meta(meta)
+    out = [("paper", paper), ("validated", meta)] if defaults else []
+    for overlay in overlays:
+        name = "paper + " + ", ".join(f"{k}={v}" for k, v in sorted(overlay.items()))
+        out.append((name, build(type(meta), {**paper.__dict__, **overlay}, f"variant {name}")))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="ml-latest-small")
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--models", default="LR,FM,FFM,DeepFM")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--variant", action="append", default=[], help="NAME=JSON of [meta] settings")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="JSON of [meta] settings laid over the paper's (repeatable)")
+    parser.add_argument("--no-defaults", action="store_true", help="skip the paper and validated variants")
     parser.add_argument("--base-meta", default="{}", help="JSON of [meta] settings for every learner")
     parser.add_argument("--no-baseline", action="store_true", help="skip the adaptation + blend learners")
     parser.add_argument("--threads", type=int, default=2)
@@ -70,9 +86,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="append one JSON line per result")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    variants = [(v.split("=", 1)[0], json.loads(v.split("=", 1)[1])) for v in args.variant] or [("paper", {})]
     base_meta = json.loads(args.base_meta)
     config = load_config(args.dataset, None, {"models": args.models.split(","), "meta": base_meta})
+    variants = named_variants(config.meta, [json.loads(v) for v in args.variant], not args.no_defaults)
     data = load_dataset(args.dataset, args.data_dir, log=lambda m: None)
     for seed in args.seeds:
         split = split_users(data.users, data.timestamps, seed, temporal=config.split == "temporal")
@@ -97,17 +113,14 @@ def main() -> None:
             start = time.perf_counter()
             report({"seed": seed, "method": "adaptation + blend", **adaptation_blend(context, test_tasks),
                     "seconds": time.perf_counter() - start})
-        for name, settings in variants:
-            meta = build(type(config.meta), {**config.meta.__dict__, **settings}, f"variant {name}")
-            context.config = replace(config, meta=meta)
+        for name, meta in variants:
             start = time.perf_counter()
-            learner, notes = meta_train(context, f"MetaSelector {name}", context.base.support, context.new_selector())
+            learner, notes = meta_train(context, f"MetaSelector {name}", meta, list(config.models))
             test = scored(context, learner.predict(context.tensors, test_tasks, [t.query for t in test_tasks]),
                           test_tasks)
-            report({"seed": seed, "method": f"MetaSelector {name}", "settings": settings,
+            report({"seed": seed, "method": f"MetaSelector {name}", "settings": resolved_meta(meta),
                     "validation": notes["validation_logloss"], "best_epoch": notes["best_epoch"], **test,
                     "seconds": time.perf_counter() - start})
-            context.config = config
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ import torch
 
 import metaselector as ms
 from metaselector.data.splits import split_users
+from metaselector.evaluation.diagnostics import WEIGHT_TOLERANCE
 from metaselector.experiment.context import Timer, prepare_training
-from metaselector.experiment.methods.metaselector import MetaSelectorMethod
+from metaselector.experiment.methods.metaselector import VALIDATED_ROW, MetaSelectorMethod
 from metaselector.selection.tasks import tasks_for
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -43,7 +44,14 @@ def test_saved_model_loads_to_bit_identical_predictions(fitted, ml1m_fixture, tm
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
     assert manifest["base_models"] == ["LR", "FM", "FFM", "DeepFM"] and manifest["format_version"] == 1
     assert set(manifest["training_data_sha256"]) == {"ratings.dat", "users.dat", "movies.dat"}
+    # what the selector does, measured on held-out rows: the kind follows the measured spreads
+    diagnostics = json.loads((tmp_path / "model" / "diagnostics.json").read_text())
+    spread = max(*diagnostics["user_weight_spread"].values(), *diagnostics["candidate_weight_spread"].values())
+    assert manifest["selector_kind"] == diagnostics["selector_kind"] == \
+        ("global-blend" if spread < WEIGHT_TOLERANCE else "learned")
+    assert set(diagnostics["mean_weight"]) == set(manifest["base_models"]) and diagnostics["users"] > 0
     loaded = ms.MetaSelector.load(tmp_path / "model")
+    assert loaded.selector_kind_ == manifest["selector_kind"]
     events = raw_events(ml1m_fixture)
     requests = [(events[events.user == u].iloc[:-3], events[events.user == u].iloc[-3:].drop(columns="label"))
                 for u in events.user.unique()[:6]]
@@ -61,19 +69,21 @@ def test_saved_model_loads_to_bit_identical_predictions(fitted, ml1m_fixture, tm
 
 
 def test_score_equals_reproduce_meta_testing(ml1m_fixture):
-    """Raw events through the online path give reproduce's meta-testing probabilities (<= 1e-6)."""
+    """Raw events through the estimator's online path give the validated Table 3 row's meta-testing
+    probabilities (<= 1e-6): `train` and the row run the same meta-training stage."""
     torch.set_num_threads(1)
     data = ml1m_fixture
     config = ms.RunConfig.from_dict({**TINY, "dataset": "movielens-1m"})
     split = split_users(data.users, data.timestamps, seed=0)
     context = prepare_training(config, data, split, 0, Timer(lambda m: None))
-    method = MetaSelectorMethod()
+    method = MetaSelectorMethod(VALIDATED_ROW, "extension", config.meta)
     method.fit(context)
     tasks = tasks_for(data.users, split.train, split.test)
     offline = method.predict(context, tasks)
+    estimator = ms.MetaSelector(config=config, seed=0)._fit_context(context)
     events = raw_events(data)
     requests = [(events.iloc[t.support], events.iloc[t.query].drop(columns="label")) for t in tasks]
-    online = method.estimator.score_users(requests)
+    online = estimator.score_users(requests)
     for a, b in zip(offline, online, strict=True):
         np.testing.assert_allclose(b.probabilities, a, atol=1e-6, rtol=0)
 

@@ -165,20 +165,28 @@ def test_reproduce_is_deterministic_and_complete(ml1m_fixture, tmp_path):
     reproduce(config, ml1m_fixture, tmp_path / "b", progress=False, log=logged.append, resume=True)
     assert any("finished earlier" in m for m in logged)  # the finished seed is read, not rerun
     assert json.loads((tmp_path / "b" / "results.json").read_text())["rows"] == b["rows"]
-    assert set(a) == {"dataset", "statistics", "rows", "user_proportions", "seeds", "wall_seconds", "new_user_rows"}
+    assert set(a) == {"dataset", "statistics", "rows", "user_proportions", "seeds", "wall_seconds", "new_user_rows",
+                      "deviations", "open_choices", "structural", "selector_diagnostics"}
     assert a["rows"] == b["rows"]
     expected = {"LR", "FM", "FFM", "DeepFM", "Perfect Sample-level Selector", "Perfect User-level Selector",
                 "Split-half User-level Selector", "Sample-level Selector", "Global Blend",
-                "Feature-weighted Stacking", "MetaSelector", "MetaSelector-Simplified", "LR + per-user adaptation",
+                "Feature-weighted Stacking", "MetaSelector (paper)", "MetaSelector (validated)",
+                "MetaSelector-Simplified", "LR + per-user adaptation",
                 "DeepFM + per-user adaptation", "Per-user adaptation + Global Blend"}
     assert expected <= set(a["rows"])
-    for row in a["rows"].values():
-        assert set(row) == {"auc", "logloss", "relimpr", "gauc", "auc_std", "logloss_std"}
+    metrics = {"auc", "logloss", "relimpr", "gauc", "auc_std", "logloss_std"}
+    for name, row in a["rows"].items():
+        assert metrics <= set(row) and row["variant"] in ("paper", "extension"), name
+        if "best_epoch" in row:  # every meta-trained row: its settings and best epoch per seed
+            assert len(row["best_epoch"]) == 1 and isinstance(row["settings"], dict)
+    assert {n for n, r in a["rows"].items() if r["variant"] == "paper"} == {
+        "LR", "FM", "FFM", "DeepFM", "Perfect Sample-level Selector", "Perfect User-level Selector",
+        "Sample-level Selector", "MetaSelector (paper)", "MetaSelector-Simplified"}
     assert sum(a["user_proportions"].values()) == pytest.approx(1.0)
     assert (tmp_path / "a" / "figures" / "figure3b_metaselector_vs_best.png").stat().st_size > 1000
     assert "(oracle)" in (tmp_path / "a" / "report.md").read_text()
     notes = json.loads((tmp_path / "a" / "training_notes.json").read_text())
-    assert notes["seed 0"]["MetaSelector"]["epochs"][0]["epoch"] == 0
+    assert notes["seed 0"]["MetaSelector (paper)"]["epochs"][0]["epoch"] == 0
     # oracles over the single models are never worse than any single model
     rows = a["rows"]
     best_single = min(rows[m]["logloss"] for m in ["LR", "FM", "FFM", "DeepFM"])
@@ -209,7 +217,7 @@ def test_meta_training_never_sees_the_rows_it_stops_on(ml1m_fixture, tmp_path, m
     holdout = holdout_rows(split.support, config.pretrain.validation_fraction, seed=0)
     assert len(holdout) > 0 and seen
     assert not set(seen) & set(holdout.tolist())
-    assert fits  # MetaSelector's, and the per-model learners it starts from (model_start = "adapted")
+    assert fits  # both MetaSelector rows, and the per-model learners the validated one starts from
     for criterion, history in fits:
         assert criterion is not None and len(history.epochs) == 3
         losses = [e["validation_logloss"] for e in history.epochs]
@@ -225,7 +233,7 @@ def test_reproduce_runs_on_every_format_fixture(tmp_path):
         data = load_dataset(name, FIXTURES / folder, log=lambda m: None)
         config = tiny(name, ablations=False, models=["LR", "FM", "FFM", "DeepFM", "MF", "DIN"])
         summary = reproduce(config, data, tmp_path / name, progress=False, log=lambda m: None)
-        assert np.isfinite(summary["rows"]["MetaSelector"]["auc"])
+        assert np.isfinite(summary["rows"]["MetaSelector (paper)"]["auc"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -318,7 +326,7 @@ def test_metaselector_starts_from_each_models_own_adaptation(ml1m_fixture, monke
     torch.set_num_threads(1)
     split = split_users(ml1m_fixture.users, ml1m_fixture.timestamps, seed=0)
     context = prepare_training(config, ml1m_fixture, split, 0, Timer(lambda m: None))
-    meta_train(context, "MetaSelector", context.base.support, context.new_selector())
+    meta_train(context, "MetaSelector", config.meta, list(config.models))
     (state, alphas), = starts
     moved = []
     for name in config.models:

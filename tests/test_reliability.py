@@ -15,8 +15,7 @@ import pytest
 
 from metaselector.data.loading import load_dataset
 from metaselector.errors import InputError
-from metaselector.evaluation.report import strict
-from metaselector.io_utils import atomic_write_text, cache_home
+from metaselector.io_utils import atomic_write_text, cache_home, strict
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

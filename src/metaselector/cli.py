@@ -198,9 +198,8 @@ def train(dataset, data_dir, data_file, columns_file, config_file, out, seed, de
             return
         model.save(out)
         shutil.rmtree(run.state_dir, ignore_errors=True)  # the saved model holds all that is kept
-    notes = model.training_notes_
-    click.echo(f"wrote {out}/manifest.json (best epoch {notes['best_epoch']}, "
-               f"validation LogLoss {notes['validation_logloss']:.5f})")
+    click.echo(f"wrote {out}/manifest.json and diagnostics.json", err=True)
+    click.echo(describe_selector(model.training_notes_, model.diagnostics_))
 
 
 @cli.command()
@@ -280,6 +279,17 @@ def serve(model_dir, host, port, history_db, history_length, max_batch, queue_si
     app = create_app(model, store, settings)
     click.echo(f"serving {model_dir} on http://{host}:{port} (docs at /docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+def describe_selector(notes: dict, diagnostics: dict) -> str:
+    """One line a user can act on: what the saved model's selector does."""
+    weights = ", ".join(f"{m} {w:.3f}" for m, w in diagnostics.get("mean_weight", {}).items())
+    spread = max(diagnostics.get("user_weight_spread", {0: 0.0}).values())
+    epoch = f"best epoch {notes['best_epoch']}, held-out LogLoss {notes['validation_logloss']:.5f}"
+    if diagnostics.get("selector_kind") == "global-blend":
+        return (f"selector: global blend ({weights}): every user gets the same weights, because meta-training "
+                f"did not beat its start on held-out rows ({epoch}); per-user adaptation of the models remains")
+    return f"selector: learned per user ({weights}; largest spread across users {spread:.3f}; {epoch})"
 
 
 def _names(text: str | None) -> list[str] | None:

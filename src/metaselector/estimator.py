@@ -24,6 +24,7 @@ from .config import RunConfig, preset
 from .data.features import EncodedDataset
 from .data.splits import require_usable, split_users
 from .errors import InputError, NotFittedError
+from .evaluation.diagnostics import selector_diagnostics
 from .evaluation.metrics import summary
 from .experiment.context import Timer, TrainingContext, prepare_training
 from .experiment.meta_training import meta_train
@@ -107,9 +108,11 @@ class MetaSelector:
         return self._fit_context(context, classes)
 
     def _fit_context(self, context: TrainingContext, classes: dict | None = None) -> MetaSelector:
-        """Meta-train on a prepared context (shared with the reproduce pipeline's MetaSelector row)."""
-        self.learner_, self.training_notes_ = meta_train(context, "MetaSelector", context.base.support,
-                                                         context.new_selector())
+        """Meta-train with [meta] as configured, then measure what the selector does per user on
+        the held-out rows (`diagnostics_`, whose `selector_kind` says learned or global blend)."""
+        self.learner_, self.training_notes_ = meta_train(context, "MetaSelector", context.config.meta,
+                                                         list(context.config.models))
+        self.diagnostics_ = _held_out_diagnostics(self.learner_, context)
         self.config_ = context.config
         self.encoder_ = context.data.encoder
         self.model_names_ = list(context.config.models)
@@ -118,6 +121,13 @@ class MetaSelector:
         self.sources_ = dict(context.data.sources)
         self.seed_ = context.seed
         return self
+
+    @property
+    def selector_kind_(self) -> str:
+        """"learned": weights differ across users; "global-blend": every user and candidate gets
+        the same weights (meta-training did not beat its blend start on held-out rows)."""
+        self._check_fitted()
+        return self.diagnostics_.get("selector_kind", "unknown")
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "learner_"):
@@ -204,6 +214,18 @@ class MetaSelector:
         from .saved_model import load_model
 
         return load_model(cls, Path(directory), device, model_classes or {})
+
+
+def _held_out_diagnostics(learner, context: TrainingContext) -> dict:
+    """Selector diagnostics on the checked users' held-out rows (each user adapting on their other
+    training rows; no model trained on these rows), else on held-out users' query rows."""
+    tasks = context.check_tasks or context.valid_tasks or context.train_tasks
+    scored = learner.predict(context.tensors, tasks, [t.query for t in tasks], with_weights=True)
+    rows = np.concatenate([t.query for t in tasks])
+    return selector_diagnostics(list(context.config.models), [w for _, w in scored],
+                                np.array([len(t.support) for t in tasks]),
+                                context.single_probabilities[rows].double().numpy(), context.data.labels[rows],
+                                context.seed)
 
 
 class AdaptedUser:

@@ -10,19 +10,24 @@ What each method trains on (all are judged on the same test rows):
   Global Blend             one set of weights for all samples, fitted on the meta-training
                            users' query rows with the support-row models, applied to the
                            single models
-  MetaSelector, MetaSelector-Simplified, "<model> + per-user adaptation"
-                           base models pretrained on `[meta] pretrain_on` rows (default: support,
-                           so the query losses the selector learns from are out-of-sample);
-                           episodes on the support/query parts of the meta-training users
-                           (the base models' validation slice left out); MetaSelector and
-                           the per-user adaptations stop (meta stop_on = "held-out-rows") on
-                           the test-time setup's LogLoss over that validation slice, which no
-                           model has trained on; Simplified on held-out training users' query
-                           LogLoss; with [meta] model_start = "adapted" (default) MetaSelector's
-                           base models start from the "<model> + per-user adaptation" learners
-                           (the same learners those rows report), and only then is the
-                           selector meta-trained with them
-  refit (default on)       at test time every selector, the sample-level one included, is
+  MetaSelector (paper)     Algorithm 1 with Meta-SGD and section 5.3's settings: base models
+                           pretrained on all training rows (line 3: the single-model rows'
+                           models), the mixture's LogLoss for theta and phi, one outer rate
+                           beta = alpha / 10 for theta, phi and alpha, a selector on x alone
+                           starting from equal weights; episodes on the support/query parts of
+                           the meta-training users (the base models' validation slice left out);
+                           meta-training stops on the test-time setup's LogLoss over that slice,
+                           which no model has trained on (the paper gives no stopping rule)
+  MetaSelector-Simplified  the paper row's settings, base models frozen; stops on held-out
+                           training users' query LogLoss
+  MetaSelector (validated), "<model> + per-user adaptation"   (extensions)
+                           [meta] as configured: base models pretrained on the support rows (so
+                           the query losses the selector learns from are out-of-sample), each
+                           descending its own LogLoss, starting from the "<model> + per-user
+                           adaptation" learners (the same learners those rows report); the
+                           selector starts from the Global Blend and reads the models'
+                           predictions; same episodes and stopping rule as the paper row
+  refit (validated rows)   at test time the validated rows and the sample-level selector are
                            applied to the single-model rows' models (the support models
                            continued on all training rows), carrying over the change
                            meta-training made to theta; each test user adapts on all their
@@ -53,10 +58,14 @@ from . import distributed
 from .config import RunConfig
 from .data.features import EncodedDataset
 from .data.splits import require_usable, split_users
+from .evaluation.diagnostics import selector_diagnostics, weights_by_activity_figure
+from .evaluation.fidelity import Fidelity
 from .evaluation.metrics import per_user_logloss, summary
 from .experiment.context import Timer, TrainingContext, prepare_training
 from .experiment.methods import Method, table3_methods
 from .experiment.methods.base import rows_of
+from .experiment.methods.metaselector import PAPER_ROW, VALIDATED_ROW
+from .experiment.paper import OPEN_CHOICES, deviations, resolved_meta, structural_notes
 from .experiment.run_directory import RunDirectory, run_identity
 from .selection import oracles
 from .selection.tasks import UserTask, tasks_for
@@ -73,6 +82,7 @@ class SeedResult:
     stages: dict[str, float] = field(default_factory=dict)
     peaks: dict[str, float] = field(default_factory=dict)
     notes: dict[str, object] = field(default_factory=dict)
+    diagnostics: dict[str, dict] = field(default_factory=dict)  # selector row -> what it does per user
 
 
 def evaluate_method(method: Method, context: TrainingContext, tasks: list[UserTask]) -> tuple[dict, np.ndarray]:
@@ -110,9 +120,12 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, state_dir: Path
         notes = method.fit(context)
         if notes:
             result.notes[method.name] = notes
+        method.last_weights = None
         result.rows[method.name], losses = evaluate_method(method, context, test_tasks)
         if method.keep_user_losses:
             result.user_losses[method.name] = losses
+        if method.last_weights is not None:
+            result.diagnostics[method.name] = _diagnose(method, context, test_tasks)
         if new_tasks:
             result.new_user_rows[method.name], _ = evaluate_method(method, context, new_tasks)
     result.user_proportions = _best_model_shares(context, test_tasks)
@@ -122,6 +135,15 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, state_dir: Path
             if learner_state != done.path:
                 learner_state.unlink()
     return result
+
+
+def _diagnose(method: Method, context: TrainingContext, tasks: list[UserTask]) -> dict:
+    """What `method`'s selector did per test user (its weights from the last predict call)."""
+    rows = rows_of(tasks)
+    return selector_diagnostics(list(context.config.models), method.last_weights,
+                                np.array([len(t.support) for t in tasks]),
+                                context.single_probabilities[rows].double().numpy(), context.data.labels[rows],
+                                context.seed)
 
 
 def _seed_result_to(result: SeedResult) -> dict:
@@ -168,13 +190,14 @@ def _report(config: RunConfig, data: EncodedDataset, out_dir: Path, results: lis
     from .evaluation.report import RunResult, aggregate, best_single, figure3, paired_test, write_report
 
     singles = list(config.models)
-    rows = aggregate([r.rows for r in results], singles)
-    new_rows = aggregate([r.new_user_rows for r in results], singles) if results[0].new_user_rows else None
+    fidelity = _fidelity(config, data, results, out_dir)
+    rows = _labelled(aggregate([r.rows for r in results], singles), fidelity.row_info)
+    new_rows = _labelled(aggregate([r.new_user_rows for r in results], singles), fidelity.row_info) \
+        if results[0].new_user_rows else None
     best = best_single(rows, singles)
     first = results[0]
-    paired = None
-    if "MetaSelector" in first.user_losses and best in first.user_losses:
-        paired = {"baseline": best, **paired_test(first.user_losses["MetaSelector"], first.user_losses[best])}
+    paired = {name: {"baseline": best, **paired_test(first.user_losses[name], first.user_losses[best])}
+              for name in (PAPER_ROW, VALIDATED_ROW) if name in first.user_losses and best in first.user_losses}
     figures = figure3(first.user_losses, singles, best, out_dir / "figures")
     proportions = {name: float(np.mean([r.user_proportions[name] for r in results])) for name in singles}
     stages: dict[str, float] = {}
@@ -187,5 +210,35 @@ def _report(config: RunConfig, data: EncodedDataset, out_dir: Path, results: lis
         dataset=data.name, statistics=data.statistics(), rows=rows, new_user_rows=new_rows,
         user_proportions=proportions, paired=paired, seeds=list(range(config.seeds)), stages=stage_table,
         wall_seconds=wall, config_toml=config.to_toml(), figures=figures, protocol=__doc__ or "",
-        notes={f"seed {r.seed}": r.notes for r in results}, per_seed={r.seed: r.rows for r in results}))
+        notes={f"seed {r.seed}": r.notes for r in results}, fidelity=fidelity,
+        per_seed={r.seed: r.rows for r in results}))
     return {"rows": rows, "wall_seconds": wall, "stages": stages, "peaks_mb": peaks}
+
+
+def _labelled(rows: dict, row_info: dict) -> dict:
+    """Each row with its variant ("paper" or "extension") and, if meta-trained, its settings and
+    best epoch per seed."""
+    return {name: {**values, **row_info.get(name, {"variant": "extension"})} for name, values in rows.items()}
+
+
+def _fidelity(config: RunConfig, data: EncodedDataset, results: list[SeedResult], out_dir: Path) -> Fidelity:
+    """How this run relates to the paper: rows' variants, deviations, kept epochs, diagnostics."""
+    methods = table3_methods(config)
+    row_info = {}
+    for method in methods:
+        info: dict = {"variant": method.variant}
+        if method.settings is not None:
+            info["best_epoch"] = [r.notes.get(method.name, {}).get("best_epoch") for r in results]
+            info["start"] = method.start
+            info["settings"] = resolved_meta(method.settings)
+        row_info[method.name] = info
+    selector_rows = {m.name: m.settings for m in methods if m.settings is not None and m.selects}
+    fidelity = Fidelity(
+        deviations=[d.to_dict() for d in deviations(config, selector_rows)],
+        open_choices={k: text for k, (_, text) in OPEN_CHOICES.items()},
+        structural=structural_notes(data.layout.num_fields), row_info=row_info,
+        diagnostics=results[0].diagnostics)
+    if fidelity.diagnostics:
+        fidelity.diagnostics_figure = "figures/selector_weights_by_activity.png"
+        weights_by_activity_figure(fidelity.diagnostics, out_dir / fidelity.diagnostics_figure)
+    return fidelity

@@ -28,7 +28,7 @@ from .config import RunConfig
 from .data.encoder import FeatureEncoder
 from .errors import InputError, MetaSelectorError
 from .experiment.context import model_settings
-from .io_utils import atomic_write, atomic_write_text, sha256_of
+from .io_utils import atomic_write, atomic_write_text, sha256_of, strict
 from .models import ModelSettings
 from .models.base import MODEL_REGISTRY
 from .selection.ensemble import Ensemble
@@ -62,6 +62,7 @@ def weights_of(learner: MetaLearner) -> dict[str, torch.Tensor]:
 def save_model(model, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_text(directory / "encoder.json", json.dumps(model.encoder_.to_dict()))
+    atomic_write_text(directory / "diagnostics.json", json.dumps(strict(model.diagnostics_), indent=1) + "\n")
     with atomic_write(directory / "weights.safetensors") as handle:
         handle.write(save(weights_of(model.learner_)))
     notes = model.training_notes_
@@ -76,6 +77,8 @@ def save_model(model, directory: Path) -> Path:
         "config": model.config_.to_dict(),
         "training_data_sha256": model.sources_,
         "validation": {"best_epoch": notes["best_epoch"], "validation_logloss": notes["validation_logloss"]},
+        # what the selector does, measured on held-out rows (diagnostics.json holds the details)
+        "selector_kind": model.diagnostics_.get("selector_kind", "unknown"),
         "files": {name: sha256_of(directory / name) for name in FILES},
     }
     atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=2) + "\n")
@@ -144,8 +147,22 @@ def load_model(cls, directory: Path, device: str, classes: dict):
     sources, validation = manifest.get("training_data_sha256"), manifest.get("validation")
     model.sources_ = sources if isinstance(sources, dict) else {}
     model.training_notes_ = validation if isinstance(validation, dict) else {}
+    model.diagnostics_ = _informational_diagnostics(directory, manifest)
     model.manifest_ = manifest
     return model
+
+
+def _informational_diagnostics(directory: Path, manifest: dict) -> dict:
+    """diagnostics.json as written by `save` (informational: a missing or edited file is no error,
+    and the manifest's selector_kind is kept)."""
+    try:
+        diagnostics = json.loads((directory / "diagnostics.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        diagnostics = {}
+    diagnostics = diagnostics if isinstance(diagnostics, dict) else {}
+    kind = manifest.get("selector_kind")
+    diagnostics["selector_kind"] = kind if kind in ("learned", "global-blend") else "unknown"
+    return diagnostics
 
 
 def _load_weights(learner: MetaLearner, path: Path) -> None:

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from ..io_utils import atomic_write, atomic_write_text
+from ..io_utils import atomic_write, atomic_write_text, strict
+from .fidelity import Fidelity, deviations_section, diagnostics_section, discarded_section, row_label, table_note
 from .metrics import relimpr
 
 ORACLES = ("Perfect Sample-level Selector", "Perfect User-level Selector", "Split-half User-level Selector")
-ROW_ORDER = ("LR", "FM", "FFM", "DeepFM", *ORACLES, "Sample-level Selector", "Global Blend", "MetaSelector",
-             "MetaSelector-Simplified")
+ROW_ORDER = ("LR", "FM", "FFM", "DeepFM", *ORACLES, "Sample-level Selector", "Global Blend",
+             "MetaSelector (paper)", "MetaSelector (validated)", "MetaSelector-Simplified")
 
 
 def aggregate(seed_rows: list[dict[str, dict[str, float]]], singles: list[str]) -> dict[str, dict[str, float]]:
@@ -47,8 +48,10 @@ def paired_test(method_losses: np.ndarray, baseline_losses: np.ndarray) -> dict[
             "users_better": int((difference < 0).sum()), "p_value": float(statistic.pvalue)}
 
 
-def figure3(user_losses: dict[str, np.ndarray], singles: list[str], best: str, out_dir: Path) -> list[str]:
-    """Kernel density estimates of per-user test LogLoss: (a) two single models, (b) MetaSelector vs best."""
+def figure3(user_losses: dict[str, np.ndarray], singles: list[str], best: str, out_dir: Path,
+            selectors: tuple[str, ...] = ("MetaSelector (paper)", "MetaSelector (validated)")) -> list[str]:
+    """Kernel density estimates of per-user test LogLoss: (a) the two best single models, (b) the
+    paper's MetaSelector (and the validated one beside it) against the best single model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,7 +61,7 @@ def figure3(user_losses: dict[str, np.ndarray], singles: list[str], best: str, o
     grid = np.linspace(0, 1.5, 300)
     by_mean = sorted((n for n in singles if n in user_losses), key=lambda n: user_losses[n].mean())
     panels = {"figure3a_single_models.png": by_mean[:2],
-              "figure3b_metaselector_vs_best.png": ["MetaSelector", best]}
+              "figure3b_metaselector_vs_best.png": [*selectors, best]}
     written = []
     for filename, names in panels.items():
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -82,7 +85,7 @@ def figure3(user_losses: dict[str, np.ndarray], singles: list[str], best: str, o
 def _table(rows: dict, with_std: bool) -> str:
     lines = ["| Model | AUC | LogLoss | RelImpr | gAUC |", "|---|---|---|---|---|"]
     for name, v in rows.items():
-        label = f"{name} (oracle)" if name in ORACLES else name
+        label = row_label(f"{name} (oracle)" if name in ORACLES else name, v)
         auc = f"{v['auc']:.4f} ± {v['auc_std']:.4f}" if with_std else f"{v['auc']:.4f}"
         loss = f"{v['logloss']:.5f} ± {v['logloss_std']:.5f}" if with_std else f"{v['logloss']:.5f}"
         lines.append(f"| {label} | {auc} | {loss} | {v['relimpr']:+.2f}% | {v['gauc']:.4f} |")
@@ -98,7 +101,7 @@ class RunResult:
     rows: dict  # Table 3: method -> metrics (means over seeds)
     new_user_rows: dict | None
     user_proportions: dict  # Table 1
-    paired: dict | None  # MetaSelector against the best single model, per user
+    paired: dict | None  # MetaSelector row -> its paired test against the best single model, per user
     seeds: list[int]
     stages: dict  # stage -> (seconds, peak MB)
     wall_seconds: float
@@ -106,6 +109,7 @@ class RunResult:
     figures: list[str]
     protocol: str
     notes: dict  # per seed: every learner's training notes
+    fidelity: Fidelity
     per_seed: dict[int, dict] = field(default_factory=dict)
 
 
@@ -118,6 +122,7 @@ def write_report(out_dir: Path, run: RunResult) -> None:
         "user_proportions": run.user_proportions,
         "seeds": run.seeds,
         "wall_seconds": run.wall_seconds,
+        **run.fidelity.results_fields(),
     }
     if run.new_user_rows:
         results["new_user_rows"] = run.new_user_rows
@@ -143,7 +148,7 @@ def _table_parts(run: RunResult) -> list[str]:
         "## Table 3: AUC and LogLoss on the test samples (mean ± sd over seeds)",
         "RelImpr is equation (7) against the best single model by AUC. gAUC is the unweighted mean of "
         "per-user AUCs over users whose test samples hold both labels. Rows marked (oracle) choose "
-        "with the test labels: they are upper bounds, not methods.",
+        "with the test labels: they are upper bounds, not methods. " + table_note(),
         _table(rows, len(run.seeds) > 1),
     ]
     undefined = _undefined_metrics(rows)
@@ -169,11 +174,14 @@ def _analysis_parts(run: RunResult) -> list[str]:
     parts = ["## Table 1: share of users for which each single model has the lowest test LogLoss",
              "| " + " | ".join(shares) + " |\n|" + "---|" * len(shares) + "\n| "
              + " | ".join(f"{v:.2%}" for v in shares.values()) + " |"]
-    if paired:
-        parts += ["## Paired per-user test: MetaSelector against the best single model",
-                  f"Wilcoxon signed-rank on per-user test LogLoss ({paired['baseline']}), seed {run.seeds[0]}: "
-                  f"{paired['users']} users, mean difference {paired['mean_difference']:+.5f}, "
-                  f"MetaSelector lower for {paired['users_better']} users, p = {paired['p_value']:.3g}."]
+    for name, test in (paired or {}).items():
+        parts += [f"## Paired per-user test: {name} against the best single model",
+                  f"Wilcoxon signed-rank on per-user test LogLoss ({test['baseline']}), seed {run.seeds[0]}: "
+                  f"{test['users']} users, mean difference {test['mean_difference']:+.5f}, "
+                  f"{name} lower for {test['users_better']} users, p = {test['p_value']:.3g}."]
+    fidelity = run.fidelity
+    parts += deviations_section(fidelity) + discarded_section(fidelity, run.seeds) + \
+        diagnostics_section(fidelity, run.seeds[0])
     return parts + [
         "## Figure 3: per-user test LogLoss", *[f"![{f}]({f})" for f in run.figures],
         "## Protocol: what each method trained on", run.protocol,
@@ -185,17 +193,6 @@ def _analysis_parts(run: RunResult) -> list[str]:
         "splits and fitted weights, per seed, are in `training_notes.json`. Best epochs:",
         _best_epochs(run.notes),
         "## Resolved configuration", "```toml\n" + run.config_toml + "```"]
-
-
-def strict(value):
-    """`value` with every NaN or infinite float replaced by None (null in JSON)."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict(v) for v in value]
-    return value
 
 
 def _undefined_metrics(rows: dict) -> list[str]:

@@ -20,6 +20,7 @@ from ..config import RunConfig
 from ..data.features import EncodedDataset
 from ..data.splits import Split
 from ..models import BaseModel, ModelSettings
+from ..selection.meta import MetaSettings
 from ..selection.selector import Selector, global_mixture_logits, start_from_mixture
 from ..selection.tasks import UserTask, sample_tasks, tasks_for
 from ..training.base_models import BaseModels, holdout_rows, train_base_models
@@ -113,9 +114,9 @@ class TrainingContext:
         rows = np.concatenate([t.query for t in self.train_tasks])
         return global_mixture_logits(self.support_probabilities[rows], self.tensors.labels[rows])
 
-    def new_selector(self) -> Selector:
-        """The user-level selector, initialised from the seed (and from the blend, by default)."""
-        meta = self.config.meta
+    def new_selector(self, meta: MetaSettings) -> Selector:
+        """A user-level selector for the [meta] settings `meta`, initialised from the seed (and
+        from the blend, with selector_start = "global-mixture")."""
         torch.manual_seed(self.seed)
         selector = Selector(self.data.layout, ModelSettings(self.config.embedding_dim, list(meta.selector_hidden)),
                             len(self.config.models), uses_predictions=meta.selector_uses_predictions)

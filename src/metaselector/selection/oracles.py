@@ -40,6 +40,14 @@ def split_half_user_level(probabilities: np.ndarray, labels: np.ndarray, users: 
     row is predicted by a choice made with its own label). A user with one test row gets the
     model with the lowest LogLoss over every user's test rows. The gap between this and the
     full user-level oracle is the part of the oracle's gain that is noise of the choice."""
+    choice = split_half_choices(probabilities, labels, users, seed)
+    return probabilities[np.arange(len(labels)), choice]
+
+
+def split_half_choices(probabilities: np.ndarray, labels: np.ndarray, users: np.ndarray,
+                       seed: int = 0) -> np.ndarray:
+    """The split-half oracle's model for each row: the lowest-LogLoss model on the other half of
+    the row's user's rows."""
     n, k = probabilities.shape
     losses = sample_losses(labels[:, None], probabilities)
     codes, inverse = np.unique(users, return_inverse=True)
@@ -55,5 +63,4 @@ def split_half_user_level(probabilities: np.ndarray, labels: np.ndarray, users: 
     fallback = int(losses.mean(axis=0).argmin())
     other = 1 - half
     has_other = counts[inverse, other] > 0
-    choice = np.where(has_other, per_half[inverse, other].argmin(axis=1), fallback)
-    return probabilities[np.arange(n), choice]
+    return np.where(has_other, per_half[inverse, other].argmin(axis=1), fallback)

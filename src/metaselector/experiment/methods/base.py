@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...selection.meta import MetaSettings
 from ...selection.tasks import UserTask
 from ..context import TrainingContext
 
@@ -14,8 +15,18 @@ class Method:
     the user's training rows, their query the test rows."""
 
     name: str = ""
+    # "paper": a method of the paper, run as the paper states it; "extension": beyond the paper
+    variant: str = "extension"
     oracle: bool = False  # chooses with the test labels: an upper bound, not a method
     keep_user_losses: bool = False  # per-user losses kept for Figure 3 and the paired test
+    # Meta-trained rows: the [meta] settings they ran, and what they are when early stopping
+    # keeps their start (best epoch 0).
+    settings: MetaSettings | None = None
+    start: str = ""
+    selects: bool = False  # a meta-trained selector: its [meta] settings are compared with the paper's
+    # The selector's weights of the last `predict` call, one [n, K] array per task (rows that
+    # have a per-user selector), for the selector diagnostics.
+    last_weights: list[np.ndarray] | None = None
 
     def fit(self, context: TrainingContext) -> dict:
         """Train; returns notes for training_notes.json."""

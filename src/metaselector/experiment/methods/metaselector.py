@@ -1,40 +1,54 @@
-"""MetaSelector (Algorithm 1 with Meta-SGD) as a Table 3 row: the estimator itself."""
+"""The MetaSelector rows of Table 3: the paper's Algorithm 1 with Meta-SGD as section 5.3
+states it, the validated extension ([meta] as configured), and the per-user adaptation rows."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from ...selection.meta import MetaSettings
 from ..context import TrainingContext
-from ..meta_training import per_model_learner
+from ..meta_training import meta_train, per_model_learner
+from ..paper import paper_meta, start_description
 from .base import Method, split_by_task
+
+PAPER_ROW = "MetaSelector (paper)"
+VALIDATED_ROW = "MetaSelector (validated)"
 
 
 class MetaSelectorMethod(Method):
-    name = "MetaSelector"
+    """theta, phi and alpha meta-trained together with `settings`; at test time each user adapts
+    on their training rows and the adapted selector mixes the adapted models."""
+
     keep_user_losses = True
+    selects = True
+
+    def __init__(self, name: str, variant: str, settings: MetaSettings) -> None:
+        self.name, self.variant, self.settings = name, variant, settings
+        self.start = start_description(settings, with_selector=True)
 
     def fit(self, context: TrainingContext) -> dict:
-        from ...estimator import MetaSelector
-
-        self.estimator = MetaSelector(config=context.config, seed=context.seed)._fit_context(context)
-        return self.estimator.training_notes_
+        self.learner, notes = meta_train(context, self.name, self.settings, list(context.config.models))
+        return notes
 
     def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
         with context.timer(f"{self.name} meta-testing"):
-            return self.estimator.learner_.predict(context.tensors, tasks, [t.query for t in tasks],
-                                                   progress=context.progress)
+            scored = self.learner.predict(context.tensors, tasks, [t.query for t in tasks],
+                                          progress=context.progress, with_weights=True)
+        self.last_weights = [w for _, w in scored]
+        return [p for p, _ in scored]
 
 
 class PerUserAdaptation(Method):
     """One base model, meta-trained and adapted per user without a selector: how much of
     MetaSelector's gain per-user adaptation alone gives (beyond the paper)."""
 
-    def __init__(self, model: str) -> None:
-        self.model, self.name = model, f"{model} + per-user adaptation"
+    def __init__(self, model: str, settings: MetaSettings) -> None:
+        self.model, self.name, self.settings = model, f"{model} + per-user adaptation", settings
+        self.start = start_description(settings, with_selector=False)
 
     def fit(self, context: TrainingContext) -> dict:
-        # Shared with the adaptation-then-blend row (and MetaSelector's start, model_start = "adapted").
+        # Shared with the adaptation-then-blend row (and the validated row's start).
         self.learner, notes = per_model_learner(context, self.model)
         return notes
 
@@ -43,11 +57,12 @@ class PerUserAdaptation(Method):
 
 
 def methods(config) -> list:
-    return [MetaSelectorMethod()]
+    return [MetaSelectorMethod(PAPER_ROW, "paper", paper_meta(config.meta)),
+            MetaSelectorMethod(VALIDATED_ROW, "extension", config.meta)]
 
 
 def ablations(config) -> list:
-    return [PerUserAdaptation(name) for name in config.models] if config.ablations else []
+    return [PerUserAdaptation(name, config.meta) for name in config.models] if config.ablations else []
 
 
 class AdaptationThenBlend(Method):

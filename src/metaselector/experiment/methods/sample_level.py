@@ -15,6 +15,7 @@ from .base import Method, rows_of, split_by_task
 
 class SampleLevelSelector(Method):
     name = "Sample-level Selector"
+    variant = "paper"
 
     def fit(self, context: TrainingContext) -> dict:
         config = context.config

@@ -6,7 +6,10 @@ import numpy as np
 
 from ...selection import oracles
 from ..context import TrainingContext
+from ..paper import PAPER
 from .base import Method, rows_of, split_by_task
+
+PAPER_MODELS = PAPER["models"].movielens
 
 
 class SingleModel(Method):
@@ -14,8 +17,8 @@ class SingleModel(Method):
 
     keep_user_losses = True
 
-    def __init__(self, name: str, index: int) -> None:
-        self.name, self.index = name, index
+    def __init__(self, name: str, index: int, variant: str) -> None:
+        self.name, self.index, self.variant = name, index, variant
 
     def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
         p = context.single_probabilities[rows_of(tasks), self.index].double().numpy()
@@ -28,8 +31,8 @@ class Oracle(Method):
 
     oracle = True
 
-    def __init__(self, name: str, choose) -> None:
-        self.name, self.choose = name, choose
+    def __init__(self, name: str, choose, variant: str = "paper") -> None:
+        self.name, self.choose, self.variant = name, choose, variant
 
     def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
         rows = rows_of(tasks)
@@ -40,10 +43,12 @@ class Oracle(Method):
 
 
 def methods(config) -> list[Method]:
-    return [SingleModel(name, k) for k, name in enumerate(config.models)] + [
+    # the paper's four models are its rows; any other base model is an extension
+    return [SingleModel(name, k, "paper" if name in PAPER_MODELS else "extension")
+            for k, name in enumerate(config.models)] + [
         # per sample: the model with the lowest LogLoss on its label
         Oracle("Perfect Sample-level Selector", lambda p, y, users, seed: oracles.perfect_sample_level(p, y)),
         # per user: the model with the lowest mean LogLoss on their test labels
         Oracle("Perfect User-level Selector", lambda p, y, users, seed: oracles.perfect_user_level(p, y, users)),
         # per user, chosen on one half of their test rows, scored on the other (both ways)
-        Oracle("Split-half User-level Selector", oracles.split_half_user_level)]
+        Oracle("Split-half User-level Selector", oracles.split_half_user_level, variant="extension")]

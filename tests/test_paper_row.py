@@ -1,0 +1,76 @@
+"""The paper row runs Algorithm 1 with section 5.3's settings; every other setting of a run is
+listed as a deviation, computed from one table of the paper's values."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from metaselector.config import RunConfig, preset
+from metaselector.evaluation.diagnostics import selector_diagnostics
+from metaselector.experiment.paper import deviations, paper_meta, resolved_meta
+from metaselector.pipeline import reproduce
+from metaselector.settings import merge
+
+TINY = {"embedding_dim": 4, "deepfm_hidden": [8], "seeds": 1, "pretrain": {"epochs": 1},
+        "meta": {"epochs": 1, "selector_hidden": [8]}, "sample_level": {"epochs": 1, "hidden": [8]}}
+
+
+@pytest.mark.parametrize("dataset", ["ml-latest-small", "amazon-electronics"])
+def test_paper_row_settings_are_section_5_3(dataset):
+    config = preset(dataset)
+    paper = resolved_meta(paper_meta(config.meta))
+    beta = config.meta.inner_lr / 10
+    assert paper["model_loss"] == "mixture" and paper["model_start"] == "pretrained"
+    assert paper["outer_lr"] == paper["selector_outer_lr"] == paper["alpha_outer_lr"] == pytest.approx(beta)
+    assert paper["selector_hidden"] == [200, 200, 200] and not paper["selector_uses_predictions"]
+    assert paper["inner_steps"] == 1 and paper["users_per_episode"] == 10 and paper["learn_inner_lr"]
+    assert config.meta.inner_lr == (1e-4 if dataset == "amazon-electronics" else 1e-3)
+    # the default configuration deviates from the paper only in the validated row's extensions
+    found = deviations(config, {"paper row": paper_meta(config.meta), "validated row": config.meta})
+    assert found and all(d.rows == "validated row" for d in found)
+    assert {"meta.model_loss", "meta.model_start", "meta.selector_outer_lr"} <= {d.setting for d in found}
+
+
+def test_a_changed_setting_is_listed_for_every_row_it_touches():
+    config = RunConfig.from_dict(merge(preset("movielens-1m").to_dict(),
+                                       {"embedding_dim": 16, "meta": {"inner_steps": 2}}))
+    found = {d.setting: d for d in deviations(config, {"paper row": paper_meta(config.meta)})}
+    assert found["embedding_dim"].value == 16 and found["embedding_dim"].paper == 10
+    assert found["embedding_dim"].rows == "every row"
+    assert found["meta.inner_steps"].rows == "paper row" and found["meta.inner_steps"].paper == 1
+
+
+def test_selector_kind_reads_what_the_weights_do():
+    rng = np.random.default_rng(0)
+    probabilities, labels = rng.random((40, 2)), rng.integers(0, 2, 40).astype(float)
+    same = [np.tile([0.3, 0.7], (10, 1)) for _ in range(4)]
+    d = selector_diagnostics(["A", "B"], same, np.array([5, 30, 60, 150]), probabilities, labels)
+    assert d["selector_kind"] == "global-blend" and d["user_weight_spread"]["A"] == pytest.approx(0)
+    assert d["mean_weight"] == pytest.approx({"A": 0.3, "B": 0.7})
+    varied = [np.tile([w, 1 - w], (10, 1)) for w in (0.1, 0.4, 0.6, 0.9)]
+    d = selector_diagnostics(["A", "B"], varied, np.array([5, 30, 60, 150]), probabilities, labels)
+    assert d["selector_kind"] == "learned" and d["user_weight_spread"]["A"] > 0.2
+    assert d["by_activity"]["mean_weight"]["A"][:4] == pytest.approx([0.1, 0.4, 0.6, 0.9])
+    assert d["by_activity"]["users"][:4] == [1, 1, 1, 1]
+
+
+def test_default_reproduce_reports_the_paper_row_and_its_deviations(ml1m_fixture, tmp_path):
+    torch.set_num_threads(1)
+    config = RunConfig.from_dict(merge({**TINY, "dataset": "movielens-1m"}, {"ablations": False}))
+    reproduce(config, ml1m_fixture, tmp_path, progress=False, log=lambda m: None)
+    results = json.loads((tmp_path / "results.json").read_text())
+    paper = results["rows"]["MetaSelector (paper)"]
+    assert paper["variant"] == "paper" and results["rows"]["MetaSelector (validated)"]["variant"] == "extension"
+    settings = paper["settings"]
+    assert settings["model_loss"] == "mixture" and settings["model_start"] == "pretrained"
+    for rate in ("outer_lr", "selector_outer_lr", "alpha_outer_lr"):
+        assert settings[rate] == pytest.approx(settings["inner_lr"] / 10)
+    listed = {d["setting"] for d in results["deviations"]}
+    assert {"embedding_dim", "meta.selector_hidden", "meta.model_loss"} <= listed
+    report = (tmp_path / "report.md").read_text()
+    assert "## Deviations from the paper" in report and "`meta.model_loss`" in report
+    assert "MetaSelector (validated) †" in report
+    assert set(results["selector_diagnostics"]) == {"MetaSelector (paper)", "MetaSelector (validated)"}
+    assert "## Paired per-user test: MetaSelector (paper)" in report
