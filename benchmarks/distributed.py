@@ -33,7 +33,8 @@ def worker(data_dir: Path, episodes: int, out: Path) -> None:
     from metaselector.models import build_model
     from metaselector.models.base import ModelSettings
     from metaselector.selection.ensemble import Ensemble
-    from metaselector.selection.meta import MetaLearner
+    from metaselector.selection.meta_trainer import MetaTrainer
+    from metaselector.selection.metasgd import MetaSGDEnsemble
     from metaselector.selection.selector import Selector
     from metaselector.selection.tasks import tasks_for
     from metaselector.training.pretrain import make_optimizer, train_epoch
@@ -49,14 +50,15 @@ def worker(data_dir: Path, episodes: int, out: Path) -> None:
     torch.manual_seed(0)
     models = {n: build_model(n, data.layout, model_settings(config)) for n in config.models}
     selector = Selector(data.layout, ModelSettings(10, [200, 200, 200]), 4, uses_predictions=True)
-    learner = MetaLearner(Ensemble(models, selector), config.meta)
+    learner = MetaSGDEnsemble(Ensemble(models, selector), config.meta)
+    trainer = MetaTrainer(learner)
     order = np.random.default_rng(0).permutation(len(tasks))
     m = config.meta.users_per_episode
-    learner.meta_step(tensors, [tasks[i] for i in order[:m]])  # warm-up
+    trainer.meta_step(tensors, [tasks[i] for i in order[:m]])  # warm-up
     distributed.exchanged["bytes"] = 0
     start = time.perf_counter()
     for e in range(1, episodes + 1):
-        learner.meta_step(tensors, [tasks[i] for i in order[e * m:(e + 1) * m]])
+        trainer.meta_step(tensors, [tasks[i] for i in order[e * m:(e + 1) * m]])
     meta_seconds = time.perf_counter() - start
     meta_bytes = distributed.exchanged["bytes"] / episodes
     rows = torch.unique(torch.cat([tensors.ids[np.concatenate([tasks[i].support, tasks[i].query])].flatten()

@@ -5,13 +5,13 @@ the 200-200-200 selector; one inner step, second order, Meta-SGD (per-parameter 
 then the outer Adam step. Vocabularies: MovieLens-1M-like (about 14,000 features, 10
 fields) and Amazon-Electronics-like (about 320,000 features, 6 fields).
 
-  ours    this project's MetaLearner.meta_step (rows a user touches only; lazy row-wise Adam,
+  ours    this project's MetaTrainer.meta_step (rows a user touches only; lazy row-wise Adam,
           Meta-SGD rates and moments stored only for rows touched)
   dense   metaselector/selection/dense_reference.py: a dense per-user copy of every parameter
   higher  the same episode with the `higher` library (innerloop_ctx, per-parameter lr override)
 
     pip install -e ".[bench]"
-    python benchmarks/meta_episode.py --threads 2 --rounds 3 --episodes 3 [--json]
+    python -m benchmarks.meta_episode --threads 2 --rounds 3 --episodes 3 [--json]
 """
 
 from __future__ import annotations
@@ -23,19 +23,19 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from metaselector.data.features import FeatureLayout, Field  # noqa: E402
-from metaselector.models import ModelSettings, build_model  # noqa: E402
-from metaselector.selection.ensemble import Ensemble  # noqa: E402
-from metaselector.selection.meta import MetaLearner, MetaSettings, UserTask  # noqa: E402
-from metaselector.selection.selector import Selector  # noqa: E402
-from metaselector.training.tensors import TensorData  # noqa: E402
+from metaselector.data.features import FeatureLayout, Field
+from metaselector.models import ModelSettings, build_model
+from metaselector.selection.ensemble import Ensemble
+from metaselector.selection.meta_settings import MetaSettings
+from metaselector.selection.meta_trainer import MetaTrainer
+from metaselector.selection.metasgd import MetaSGDEnsemble
+from metaselector.selection.selector import Selector
+from metaselector.selection.tasks import UserTask
+from metaselector.training.tensors import TensorData
 
 # (name, vocabulary size, slots); the first field is the user id, the item id is "item".
 VOCABS = {
@@ -84,7 +84,7 @@ def build(layout, vocab: str, inner_lr: float = 0.001) -> Ensemble:
 
 
 def run_ours(layout, tensors, tasks, vocab, episodes):
-    learner = MetaLearner(build(layout, vocab), MetaSettings(outer_lr=1e-4))
+    learner = MetaTrainer(MetaSGDEnsemble(build(layout, vocab), MetaSettings(outer_lr=1e-4)))
     times = []
     for _ in range(episodes + 1):
         start = time.perf_counter()

@@ -3,12 +3,12 @@
 Two implementations on the same users, alternated, medians:
   loop     one user at a time: gather the user's rows, one inner step, predict (a Python-level
            pass of every model per user)
-  batched  MetaLearner.predict: users padded into chunks, one torch.func.vmap call per chunk
+  batched  MetaSGDEnsemble.predict: users padded into groups, one torch.func.vmap call per chunk
 
 Shapes: Amazon-Electronics-like (320k-feature vocabulary, 6 fields, users with 8 support and 2
 test rows) and MovieLens-1M-like (14k features, 10 fields, 100 support and 33 test rows).
 
-    python benchmarks/meta_test.py --threads 2 --rounds 3 [--json]
+    python -m benchmarks.meta_test --threads 2 --rounds 3 [--json]
 """
 
 from __future__ import annotations
@@ -16,35 +16,31 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.meta_episode import build, make_episode  # noqa: E402
-from metaselector.models.base import Batch  # noqa: E402
-from metaselector.selection.meta import MetaLearner, MetaSettings  # noqa: E402
+from benchmarks.meta_episode import build, make_episode
+from metaselector.selection.meta_settings import MetaSettings
+from metaselector.selection.metasgd import MetaSGDEnsemble
+from metaselector.selection.user_rows import gather_users
 
 SHAPES = {"amazon_like": ("vocab_320k", 2000, 8, 2), "movielens_like": ("vocab_14k", 300, 100, 33)}
 
 
-def loop_predict(learner: MetaLearner, tensors, tasks) -> list[np.ndarray]:
+def loop_predict(learner: MetaSGDEnsemble, tensors, tasks) -> list[np.ndarray]:
     """The per-user reference: each user's rows gathered, adapted and predicted on their own."""
     out = []
     for task in tasks:
-        s_batch, s_labels = tensors.batch(task.support)
-        e_batch, _ = tensors.batch(task.query)
-        rows = torch.unique(torch.cat([s_batch.ids.flatten(), e_batch.ids.flatten()]))
-        leaves, alphas = learner._episode_leaves(rows, train=False)
-        params, rates, (s_ids, e_ids) = learner._user_view(rows, leaves, alphas, [s_batch.ids, e_batch.ids])
+        users = gather_users(tensors, [task.support], [task.query], learner.vocabulary, learner.device)
+        rows, s_batch, s_labels, e_batch, _ = users.user(0)
+        params = {n: p.detach()[rows] if n in learner.tables else p.detach() for n, p in learner.params.items()}
+        rates = {n: a.gather(rows) if n in learner.tables else a.detach() for n, a in learner.alpha.items()}
         with torch.enable_grad():
-            params = learner.adapt(params, rates, Batch(s_ids, s_batch.weights), s_labels, False)
+            params = learner.adapt(params, rates, s_batch, s_labels, False)
         with torch.no_grad():
-            out.append(learner.ensemble.probabilities(params, Batch(e_ids, e_batch.weights)).double().numpy())
+            out.append(learner.ensemble.probabilities(params, e_batch).double().numpy())
     return out
 
 
@@ -58,7 +54,7 @@ def main() -> None:
     result = {}
     for shape, (vocab, users, support, test) in SHAPES.items():
         layout, tensors, tasks = make_episode(vocab, users=users, support=support, query=test)
-        learner = MetaLearner(build(layout, vocab), MetaSettings())
+        learner = MetaSGDEnsemble(build(layout, vocab), MetaSettings())
         times: dict[str, list[float]] = {"loop": [], "batched": []}
         outputs = {}
         eval_rows = [t.query for t in tasks]

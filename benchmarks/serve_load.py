@@ -10,7 +10,7 @@ scheduled time, so a slow answer cannot hide the requests it delays) and a soak 
 RSS is read at its start and end. The client runs on the same 2 cores: its CPU share is
 reported. A request's time is also broken down in this process (parse, encode, adapt, score).
 
-    python benchmarks/serve_load.py --json [--seconds 20] [--soak 120] [--rate 40]
+    python -m benchmarks.serve_load --json [--seconds 20] [--soak 120] [--rate 40]
 """
 
 from __future__ import annotations
@@ -33,9 +33,7 @@ import pandas as pd
 import torch
 
 import metaselector as ms
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from score import requests_for  # noqa: E402
+from benchmarks.score import requests_for
 
 
 def bodies(data, history: int = 50, candidates: int = 100) -> list[dict]:
@@ -186,7 +184,7 @@ def breakdown(model, body: dict, rounds: int = 20) -> dict:
         task = UserTask(0, np.arange(len(history)), np.arange(len(history), len(events)))
         for key, adapt in (("adapt_and_score", True), ("score_only", False)):
             start = time.perf_counter()
-            model.learner_.predict(tensors, [task], [task.query], adapt=adapt)
+            model.module_.predict(tensors, [task], [task.query], adapt=adapt)
             times[key].append(time.perf_counter() - start)
     out = {f"{k}_ms": 1000 * statistics.median(v) for k, v in times.items()}
     out["adapt_ms"] = out["adapt_and_score_ms"] - out["score_only_ms"]

@@ -27,7 +27,8 @@ from metaselector.data.splits import split_users
 from metaselector.experiment.context import model_settings
 from metaselector.models import build_model
 from metaselector.selection.ensemble import Ensemble
-from metaselector.selection.meta import MetaLearner
+from metaselector.selection.meta_trainer import MetaTrainer, _Epochs
+from metaselector.selection.metasgd import MetaSGDEnsemble
 from metaselector.selection.selector import Selector
 from metaselector.selection.tasks import tasks_for
 from metaselector.training.pretrain import make_optimizer, train_epoch
@@ -49,10 +50,10 @@ def main() -> None:
     tasks = tasks_for(data.users, split.support, split.query)
     models = {n: build_model(n, data.layout, model_settings(config)) for n in config.models}
     selector = Selector(data.layout, ms.ModelSettings(10, [200, 200, 200]), 4, uses_predictions=True)
-    learner = MetaLearner(Ensemble(models, selector), config.meta)
-    rng = np.random.default_rng(0)
+    learner = MetaSGDEnsemble(Ensemble(models, selector), config.meta)
+    epochs = _Epochs(MetaTrainer(learner), tensors, tasks, [], np.random.default_rng(0), False, "", None)
     start = time.perf_counter()
-    epoch_loss = learner._train_epoch(tensors, tasks, rng, False, "")
+    epoch_loss = epochs.train_epoch(1)["train_query_loss"]
     meta_epoch = time.perf_counter() - start
 
     deepfm = models["DeepFM"]
@@ -61,8 +62,7 @@ def main() -> None:
     train_epoch(deepfm, optimizer, tensors, split.support, config.pretrain, torch.Generator().manual_seed(0))
     pretrain_epoch = time.perf_counter() - start
 
-    meta_state = {"finished": False, "rng": rng.bit_generator.state, **learner._training_state(),
-                  "stopper": {"best_state": learner.state()}}
+    meta_state = {"finished": False, "learner": epochs.state_dict(), "stopper": {"best_state": learner.snapshot()}}
     pretrain_state = {"model": deepfm.state_dict(), "optimizer": optimizer.state_dict(),
                       "stopper": {"best_state": copy.deepcopy({"model": deepfm.state_dict(),
                                                                "optimizer": optimizer.state_dict()})}}

@@ -27,6 +27,58 @@ def ml1m_fixture():
     return load_dataset("movielens-1m", FIXTURES / "ml-1m", use_cache=False, log=lambda m: None)
 
 
+@pytest.fixture
+def make_module(ml1m_fixture):
+    """A MetaSGDEnsemble over LR, FM, FFM, DeepFM and a selector on the MovieLens-1M fixture, with
+    varied per-parameter rates (every table row written, as a dense tensor would be), so that
+    alpha's gradient is a real test."""
+    import torch
+
+    from metaselector.models import ModelSettings, build_model
+    from metaselector.selection.ensemble import Ensemble
+    from metaselector.selection.meta_settings import MetaSettings
+    from metaselector.selection.metasgd import MetaSGDEnsemble
+    from metaselector.selection.selector import Selector
+    from metaselector.training.row_state import RowStore
+
+    def make(first_order: bool = False, dtype=torch.float64, seed: int = 0, rates: tuple | None = (0.01, 0.2)):
+        torch.manual_seed(seed)
+        settings = ModelSettings(embedding_dim=4, hidden=[8, 8], dropout=0.0, init_std=0.3)
+        models = {n: build_model(n, ml1m_fixture.layout, settings) for n in ["LR", "FM", "FFM", "DeepFM"]}
+        with torch.no_grad():
+            models["LR"].linear.normal_(0, 0.3)
+        selector = Selector(ml1m_fixture.layout, ModelSettings(4, [8]), 4, uses_predictions=True)
+        with torch.no_grad():
+            selector.deep[-1].weight.normal_(0, 0.3)
+        module = MetaSGDEnsemble(Ensemble(models, selector).to(dtype), MetaSettings(inner_lr=0.05,
+                                                                                    first_order=first_order))
+        with torch.no_grad():
+            for a in module.alpha.values() if rates else ():
+                if isinstance(a, RowStore):
+                    a.write(torch.arange(a.shape[0]), torch.empty(a.shape, dtype=dtype).uniform_(*rates))
+                else:
+                    a.uniform_(*rates)
+        return module
+
+    return make
+
+
+@pytest.fixture
+def make_episode(ml1m_fixture):
+    """(float64 tensors of the fixture, the first `n_users` users' support/query tasks)."""
+    from metaselector.data.splits import split_users
+    from metaselector.selection.tasks import tasks_for
+    from metaselector.training.tensors import TensorData
+
+    def make(n_users: int = 3):
+        tensors = TensorData.from_encoded(ml1m_fixture)
+        tensors = TensorData(tensors.ids, tensors.weights.double(), tensors.labels.double(), tensors.users)
+        split = split_users(ml1m_fixture.users, ml1m_fixture.timestamps, seed=0)
+        return tensors, tasks_for(ml1m_fixture.users, split.support, split.query)[:n_users]
+
+    return make
+
+
 OUTCOMES = pytest.StashKey[collections.Counter]()
 
 

@@ -5,7 +5,8 @@
 
 `meta`: three meta-training episodes in float64 (3 users: split 2/1; 1 user: one rank has none;
 5 users: 3/2). `pretrain`: three steps of each base model (LR by FTRL, FM with lazy table Adam,
-FFM and DeepFM with dense fused Adam; dropout 0, batches of 101 rows split 51/50). Rank 0 writes
+FFM and DeepFM with dense fused Adam; DeepFM with dropout 0.3, whose masks must not depend on
+the number of processes; batches of 101 rows split 51/50). Rank 0 writes
 every parameter, rate and optimizer moment to OUT; each rank writes its parameters to
 OUT.rank<r>, so the test can check that the replicas are equal.
 """
@@ -23,7 +24,9 @@ from metaselector.data.loading import load_dataset
 from metaselector.data.splits import split_users
 from metaselector.models import ModelSettings, build_model
 from metaselector.selection.ensemble import Ensemble
-from metaselector.selection.meta import MetaLearner, MetaSettings
+from metaselector.selection.meta_settings import MetaSettings
+from metaselector.selection.meta_trainer import MetaTrainer
+from metaselector.selection.metasgd import MetaSGDEnsemble
 from metaselector.selection.selector import Selector
 from metaselector.selection.tasks import tasks_for
 from metaselector.training.pretrain import PretrainSettings, make_optimizer, train_epoch
@@ -51,20 +54,21 @@ def meta() -> dict:
     selector = Selector(data.layout, ModelSettings(4, [8]), 4, uses_predictions=True)
     with torch.no_grad():
         selector.deep[-1].weight.normal_(0, 0.3)
-    learner = MetaLearner(Ensemble(models, selector).double(),
-                          MetaSettings(inner_lr=0.05, outer_lr=0.01, selector_outer_lr=0.01, alpha_outer_lr=0.01))
+    learner = MetaSGDEnsemble(Ensemble(models, selector).double(),
+                              MetaSettings(inner_lr=0.05, outer_lr=0.01, selector_outer_lr=0.01, alpha_outer_lr=0.01))
+    trainer = MetaTrainer(learner)
     split = split_users(data.users, data.timestamps, seed=0)
     tasks = tasks_for(data.users, split.support, split.query)
     for episode in (tasks[0:3], tasks[3:4], tasks[4:9]):
-        learner.meta_step(tensors, episode)
+        trainer.meta_step(tensors, episode)
     out = {f"param/{n}": p.detach().clone() for n, p in learner.params.items()}
     out.update({f"alpha/{n}": _dense(a) for n, a in learner.alpha.items()})
     out.update({f"stored/{n}": torch.nonzero(a.slot).flatten() for n, a in learner.alpha.items()
                 if isinstance(a, RowStore)})
-    for n, store in learner.table_optimizer.moments.items():
+    for n, store in trainer.table_optimizer.moments.items():
         out[f"moments/{n}"] = store.dense()
         out[f"moment_rows/{n}"] = torch.nonzero(store.slot).flatten()
-    for k, state in enumerate(learner.dense_optimizer.state.values()):
+    for k, state in enumerate(trainer.dense_optimizer.state.values()):
         out[f"adam/{k}/exp_avg"], out[f"adam/{k}/exp_avg_sq"] = state["exp_avg"], state["exp_avg_sq"]
     return out
 
@@ -75,7 +79,7 @@ def pretrain() -> dict:
     out = {}
     for index, name in enumerate(["LR", "FM", "FFM", "DeepFM"]):
         torch.manual_seed(index)
-        model = build_model(name, data.layout, ModelSettings(embedding_dim=4, hidden=[8, 8], dropout=0.0)).double()
+        model = build_model(name, data.layout, ModelSettings(embedding_dim=4, hidden=[8, 8], dropout=0.3)).double()
         settings = PretrainSettings(batch_size=101, lazy_table_rows=1 if name == "FM" else 0)
         optimizer = make_optimizer(model, settings)
         train_epoch(model, optimizer, tensors, rows, settings, torch.Generator().manual_seed(index))

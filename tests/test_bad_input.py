@@ -292,3 +292,93 @@ def test_damaged_or_edited_saved_model(tmp_path, outcomes, saved_model, key, val
     candidates = [{"user": "1", "item": "661", "timestamp": 978302109}]
     assert (model.predict_proba(candidates, history) == original.predict_proba(candidates, history)).all()
     outcomes["correct result"] += 1
+
+
+# ---- the command line's last bad inputs: not-UTF-8 files, odd cache homes, plug-ins that raise,
+# data with one usable user ----------------------------------------------------------------------
+
+@CASES
+@given(prefix=st.sampled_from([b"", b"[columns]\nuser = \"", b"# ok\n"]),
+       junk=st.binary(min_size=1, max_size=40).filter(lambda b: _not_utf8(b)))
+def test_a_columns_or_config_file_that_is_not_utf8_text(tmp_path, capsys, outcomes, prefix, junk):
+    data = tmp_path / "events.csv"
+    data.write_text("\n".join([CUSTOM_HEADER, *CUSTOM_ROWS]) + "\n")
+    columns = tmp_path / "columns.toml"
+    columns.write_bytes(prefix + junk)
+    code, _, err = run(["inspect", "custom", "--data-file", str(data), "--columns", str(columns), "--json"], capsys)
+    judge(outcomes, code, err, ["columns.toml"], lambda: False)
+    config = tmp_path / "config.toml"
+    config.write_bytes(prefix.replace(b"[columns]\nuser", b"dataset") + junk)
+    code, _, err = run(["reproduce", "--config", str(config), "--out", str(tmp_path / "out")], capsys)
+    judge(outcomes, code, err, ["config.toml"], lambda: False)
+    assert not (tmp_path / "out").exists()
+
+
+def _not_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("where", ["file", "below a file"])
+def test_metaselector_home_that_is_a_file(tmp_path, capsys, outcomes, monkeypatch, where):
+    (tmp_path / "home").write_text("not a folder")
+    home = tmp_path / "home" if where == "file" else tmp_path / "home" / "cache"
+    monkeypatch.setenv("METASELECTOR_HOME", str(home))
+    for args in (["inspect", "movielens-1m", "--data-dir", str(FIXTURES / "ml-1m"), "--json"],
+                 ["download", "movielens-1m"]):
+        code, _, err = run(args, capsys)
+        judge(outcomes, code, err, [f"METASELECTOR_HOME={home}"], lambda: False)
+    assert (tmp_path / "home").read_text() == "not a folder"
+
+
+BROKEN_MODEL = '''
+from metaselector.models.base import BaseModel
+
+
+class Broken(BaseModel):
+    table_names = ()
+
+    def __init__(self, layout, settings):
+        super().__init__(layout, settings)
+        raise {error}
+
+    def forward(self, batch):
+        raise AssertionError("never called")
+'''
+
+
+@pytest.mark.parametrize("error", ['ValueError("embedding size must be even")', "ZeroDivisionError()",
+                                   'RuntimeError("x" * 5000)', "KeyError('layout')"])
+@pytest.mark.parametrize("command", ["train", "reproduce"])
+def test_a_plugin_model_whose_constructor_raises(tmp_path, capsys, outcomes, error, command):
+    (tmp_path / "broken.py").write_text(BROKEN_MODEL.format(error=error))
+    config = tmp_path / "config.toml"
+    name = f"{tmp_path / 'broken.py'}:Broken"
+    config.write_text(tomli_w.dumps({"models": ["LR", name], "pretrain": {"epochs": 1}}))
+    out = tmp_path / "out"
+    code, _, err = run([command, "--dataset", "movielens-1m", "--data-dir", str(FIXTURES / "ml-1m"), "--config",
+                        str(config), "--out", str(out), "--quiet", *(["--seeds", "1"] if command == "reproduce"
+                                                                      else [])], capsys)
+    judge(outcomes, code, err, [f"model '{name}': its constructor raised {error.split('(')[0]}"], lambda: False)
+    assert not (out / "manifest.json").exists() and not (out / "results.json").exists()
+
+
+@CASES
+@given(sizes=st.lists(st.integers(min_value=1, max_value=12), min_size=1, max_size=4).filter(
+    lambda s: sum(n >= 4 for n in s) <= 1), command=st.sampled_from(["train", "reproduce"]))
+def test_custom_data_with_one_usable_user(tmp_path, capsys, outcomes, sizes, command):
+    """One user (or one left after dropping those too small to split) is refused before the
+    output folder is touched: MetaSelector learns across users."""
+    rows = [f"{u},{i},{1000 + i},{i % 2},ab,z" for u, n in enumerate(sizes, start=1) for i in range(1, n + 1)]
+    data = tmp_path / "events.csv"
+    data.write_text("\n".join([CUSTOM_HEADER, *rows]) + "\n")
+    columns = tmp_path / "columns.toml"
+    columns.write_text('[columns]\nuser = "user_id"\nitem = "item_id"\ntimestamp = "ts"\nlabel = "clicked"\n')
+    out = tmp_path / "out"
+    code, _, err = run([command, "--dataset", "custom", "--data-file", str(data), "--columns", str(columns),
+                        "--out", str(out), "--quiet"], capsys)
+    judge(outcomes, code, err, ["dataset 'custom'", "events.csv"], lambda: False)
+    assert not out.exists()

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metaselector.data.encoder import history_positions
 from metaselector.data.features import bag
+from metaselector.data.history import history_positions
 from metaselector.data.loading import load_dataset
 from metaselector.data.splits import split_users
 from metaselector.errors import InputError

@@ -6,12 +6,15 @@ import io
 import threading
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 
-from metaselector.data.download import download_dataset, download_file
+from metaselector.data.download import download_dataset, download_file, extraction_problem
 from metaselector.data.registry import DatasetInfo, RemoteFile
 from metaselector.errors import ChecksumError, DownloadError
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def _archive() -> bytes:
@@ -27,6 +30,7 @@ class Server:
 
     def __init__(self, files: dict[str, bytes]):
         self.files, self.truncate, self.requests = files, set(), []
+        self.redirects: dict[str, str] = {}  # name -> the path it redirects to
         self.trickle = 0.0  # seconds between single bytes: a server that never quite stops
         self.stall = 0.0  # seconds of silence after the headers
         outer = self
@@ -38,6 +42,11 @@ class Server:
             def do_GET(self):
                 name = self.path.lstrip("/")
                 outer.requests.append((name, self.headers.get("Range")))
+                if name in outer.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", outer.redirects[name])
+                    self.end_headers()
+                    return
                 body = outer.files.get(name)
                 if body is None:
                     self.send_error(404)
@@ -185,3 +194,52 @@ def test_odd_locations_are_one_line_errors(tmp_path, args, needle):
     result = subprocess.run([sys.executable, "-m", "metaselector", *args], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_redirect_loop_says_so(server, tmp_path):
+    server.redirects.update({"loop.zip": "/again.zip", "again.zip": "/loop.zip"})
+    remote = RemoteFile(url=f"{server.url}/loop.zip", filename="ml-1m.zip")
+    with pytest.raises(DownloadError, match=r"loop.zip: too many redirects .*HTTP 302 to /(again|loop).zip"):
+        download_file(remote, tmp_path, progress=False)
+    assert not (tmp_path / "ml-1m.zip").exists()
+
+
+def test_an_extraction_damaged_later_is_extracted_again_or_refused(server, tmp_path):
+    """What extraction wrote is recorded (sizes, SHA-256) and checked on every use: a truncated or
+    edited file is extracted again from the verified archive; with no archive to do it from, the
+    damaged file is named (here the server is gone too, so the archive cannot be fetched again)."""
+    info = DatasetInfo("movielens-1m", "", "", "", "", files=(_remote(server.body, server.url),))
+    logged = []
+    download_dataset(info, tmp_path, progress=False, log=logged.append)
+    ratings = tmp_path / "ml-1m" / "ratings.dat"
+    original = ratings.read_bytes()
+    for damage in (lambda: ratings.write_bytes(original[:100]),  # truncated
+                   lambda: ratings.write_bytes(original.replace(b"::5::", b"::1::", 1))):  # edited, same size
+        damage()
+        download_dataset(info, tmp_path, progress=False, log=logged.append)
+        assert ratings.read_bytes() == original
+        assert "changed since it was extracted from ml-1m.zip" in logged[-1]
+    assert extraction_problem(tmp_path, "ml-1m.zip") is None
+    (tmp_path / "ml-1m.zip").unlink()
+    ratings.write_bytes(original[:100])
+    server.close()
+    with pytest.raises(DownloadError, match="cannot connect"):
+        download_dataset(info, tmp_path, progress=False, log=logged.append, timeout=2)
+    assert "changed since it was extracted" in extraction_problem(tmp_path, "ml-1m.zip")
+
+
+def test_a_users_archive_extracted_into_the_cache_is_checked_before_use(tmp_path, monkeypatch):
+    """--data-dir holding ml-1m.zip: the cache's extracted copy, damaged later, is extracted again."""
+    import shutil
+
+    from metaselector.data.loading import load_dataset
+
+    monkeypatch.setenv("METASELECTOR_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "user"
+    folder.mkdir()
+    shutil.make_archive(str(folder / "ml-1m"), "zip", FIXTURES, "ml-1m")
+    first = load_dataset("movielens-1m", folder, use_cache=False, log=lambda m: None)
+    (ratings,) = (tmp_path / "home" / "extracted").glob("movielens-1m-*/ml-1m/ratings.dat")
+    ratings.write_bytes(ratings.read_bytes()[:200])
+    again = load_dataset("movielens-1m", folder, use_cache=False, log=lambda m: None)
+    assert len(again.labels) == len(first.labels) and again.sources == first.sources

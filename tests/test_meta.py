@@ -8,51 +8,22 @@ import torch.nn.functional as F
 
 from metaselector.config import RunConfig
 from metaselector.data.splits import split_users
-from metaselector.models import ModelSettings, build_model
 from metaselector.pipeline import reproduce
 from metaselector.selection.dense_reference import dense_episode_backward
 from metaselector.selection.ensemble import Ensemble
-from metaselector.selection.meta import MetaLearner, MetaSettings
-from metaselector.selection.selector import Selector
+from metaselector.selection.meta_trainer import MetaTrainer
+from metaselector.selection.metasgd import MetaSGDEnsemble
 from metaselector.selection.tasks import tasks_for
+from metaselector.selection.user_rows import gather_users
 from metaselector.settings import merge
 from metaselector.training.base_models import holdout_rows
-from metaselector.training.row_state import RowStore
 from metaselector.training.tensors import TensorData
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def _learner(data, first_order=False, dtype=torch.float64, seed=0):
-    torch.manual_seed(seed)
-    settings = ModelSettings(embedding_dim=4, hidden=[8, 8], dropout=0.0, init_std=0.3)
-    models = {n: build_model(n, data.layout, settings) for n in ["LR", "FM", "FFM", "DeepFM"]}
-    with torch.no_grad():
-        models["LR"].linear.normal_(0, 0.3)
-    selector = Selector(data.layout, ModelSettings(4, [8]), 4, uses_predictions=True)
-    with torch.no_grad():
-        selector.deep[-1].weight.normal_(0, 0.3)
-    ensemble = Ensemble(models, selector).to(dtype)
-    learner = MetaLearner(ensemble, MetaSettings(inner_lr=0.05, first_order=first_order))
-    with torch.no_grad():  # varied per-parameter rates, so alpha's gradient is a real test
-        for a in learner.alpha.values():
-            if isinstance(a, RowStore):  # tables' rates: every row written, as a dense tensor would be
-                a.write(torch.arange(a.shape[0]), torch.empty(a.shape, dtype=dtype).uniform_(0.01, 0.2))
-            else:
-                a.uniform_(0.01, 0.2)
-    return learner
-
-
-def _episode(data, n_users=3):
-    tensors = TensorData.from_encoded(data)
-    tensors = TensorData(tensors.ids, tensors.weights.double(), tensors.labels.double(), tensors.users)
-    split = split_users(data.users, data.timestamps, seed=0)
-    tasks = tasks_for(data.users, split.support, split.query)[:n_users]
-    return tensors, tasks
-
-
 def _sparse_grads(learner, tensors, tasks):
-    rows, leaves, alphas, loss = learner.episode_backward(tensors, tasks)
+    rows, leaves, alphas, loss = MetaTrainer(learner).episode_backward(tensors, tasks)
     grads = {}
     for n, p in learner.params.items():
         if n in learner.tables:
@@ -86,10 +57,10 @@ def _zero(learner):
 
 
 @pytest.mark.parametrize("first_order,model_loss", [(False, "mixture"), (True, "mixture"), (False, "own")])
-def test_sparse_meta_gradient_equals_dense_reference(ml1m_fixture, first_order, model_loss):
-    learner = _learner(ml1m_fixture, first_order)
+def test_sparse_meta_gradient_equals_dense_reference(make_module, make_episode, first_order, model_loss):
+    learner = make_module(first_order)
     learner.settings.model_loss = model_loss
-    tensors, tasks = _episode(ml1m_fixture)
+    tensors, tasks = make_episode()
     dense, dense_loss = _dense_grads(learner, tensors, tasks)
     _zero(learner)
     sparse, sparse_loss = _sparse_grads(learner, tensors, tasks)
@@ -103,17 +74,17 @@ def test_sparse_meta_gradient_equals_dense_reference(ml1m_fixture, first_order, 
         assert sparse[prefix].abs().max() > 0, prefix
 
 
-def test_first_and_second_order_differ(ml1m_fixture):
-    tensors, tasks = _episode(ml1m_fixture)
-    second, _ = _sparse_grads(_learner(ml1m_fixture, False), tensors, tasks)
-    first, _ = _sparse_grads(_learner(ml1m_fixture, True), tensors, tasks)
+def test_first_and_second_order_differ(make_module, make_episode):
+    tensors, tasks = make_episode()
+    second, _ = _sparse_grads(make_module(False), tensors, tasks)
+    first, _ = _sparse_grads(make_module(True), tensors, tasks)
     difference = max(float((second[n] - first[n]).abs().max()) for n in second if not n.startswith("alpha:"))
     assert difference > 1e-6
 
 
-def test_inner_step_changes_only_touched_rows(ml1m_fixture):
-    learner = _learner(ml1m_fixture)
-    tensors, tasks = _episode(ml1m_fixture, 1)
+def test_inner_step_changes_only_touched_rows(make_module, make_episode):
+    learner = make_module()
+    tensors, tasks = make_episode(1)
     task = tasks[0]
     s_batch, s_labels = tensors.batch(task.support)
     params = dict(learner.params)
@@ -122,24 +93,25 @@ def test_inner_step_changes_only_touched_rows(ml1m_fixture):
     for n in learner.tables:
         changed = set(torch.nonzero((adapted[n] - params[n]).flatten(1).abs().sum(1) > 0).flatten().tolist())
         assert changed and changed <= touched, n
-    # the sparse path adapts exactly those rows, to the same values
-    q_batch, _ = tensors.batch(task.query)
-    rows = torch.unique(torch.cat([s_batch.ids.flatten(), q_batch.ids.flatten()]))
-    leaves, alphas = learner._episode_leaves(rows, train=False)
-    local, rates, (s_ids,) = learner._user_view(rows, leaves, alphas, [s_batch.ids])
-    user_rows = torch.unique(s_batch.ids)
-    local_adapted = learner.adapt(local, rates, type(s_batch)(s_ids, s_batch.weights), s_labels, create_graph=False)
+    # the sparse path (the user's own rows, gathered as meta-training and meta-testing gather them)
+    # adapts exactly those rows, to the same values
+    users = gather_users(tensors, [task.support], [task.query], learner.vocabulary, learner.device)
+    user_rows, local_support, local_labels, _, _ = users.user(0)
+    local = {n: (p.detach()[user_rows].requires_grad_(True) if n in learner.tables else p) for n, p in params.items()}
+    rates = {n: (learner.alpha[n].gather(user_rows) if n in learner.tables else learner.alpha[n].detach())
+             for n in params}
+    local_adapted = learner.adapt(local, rates, local_support, local_labels, create_graph=False)
     for n in learner.tables:
         torch.testing.assert_close(local_adapted[n], adapted[n][user_rows].detach(), rtol=1e-10, atol=1e-12)
 
 
-def test_meta_step_updates_only_episode_rows(ml1m_fixture):
-    learner = _learner(ml1m_fixture, dtype=torch.float32)
+def test_meta_step_updates_only_episode_rows(ml1m_fixture, make_module):
+    learner = make_module(dtype=torch.float32)
     tensors = TensorData.from_encoded(ml1m_fixture)
     split = split_users(ml1m_fixture.users, ml1m_fixture.timestamps, seed=0)
     tasks = tasks_for(ml1m_fixture.users, split.support, split.query)[:2]
     before = {n: learner.params[n].detach().clone() for n in learner.tables}
-    learner.meta_step(tensors, tasks)
+    MetaTrainer(learner).meta_step(tensors, tasks)
     used = torch.unique(tensors.ids[np.concatenate([np.concatenate([t.support, t.query]) for t in tasks])].long())
     for n in learner.tables:
         moved = torch.nonzero((learner.params[n] - before[n]).flatten(1).abs().sum(1) > 0).flatten()
@@ -197,7 +169,7 @@ def test_meta_training_never_sees_the_rows_it_stops_on(ml1m_fixture, tmp_path, m
     """The base models' shared validation slice is left out of every meta-training episode, and
     MetaSelector's best epoch is the one with the lowest test-time-setup LogLoss on it."""
     seen, fits = [], []
-    meta_step, fit = MetaLearner.meta_step, MetaLearner.fit
+    meta_step, fit = MetaTrainer.meta_step, MetaTrainer.fit
 
     def recording_step(self, data, tasks):
         seen.extend(np.concatenate([np.concatenate([t.support, t.query]) for t in tasks]).tolist())
@@ -208,8 +180,8 @@ def test_meta_training_never_sees_the_rows_it_stops_on(ml1m_fixture, tmp_path, m
         fits.append((kwargs.get("criterion"), history))
         return history
 
-    monkeypatch.setattr(MetaLearner, "meta_step", recording_step)
-    monkeypatch.setattr(MetaLearner, "fit", recording_fit)
+    monkeypatch.setattr(MetaTrainer, "meta_step", recording_step)
+    monkeypatch.setattr(MetaTrainer, "fit", recording_fit)
     config = tiny("movielens-1m", meta={"epochs": 2, "patience": 5}, ablations=False)
     torch.set_num_threads(1)
     reproduce(config, ml1m_fixture, tmp_path, progress=False, log=lambda m: None)
@@ -237,16 +209,14 @@ def test_reproduce_runs_on_every_format_fixture(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_sparse_meta_step_on_cuda_matches_cpu(ml1m_fixture):
-    tensors, tasks = _episode(ml1m_fixture)
-    cpu, cpu_loss = _sparse_grads(_learner(ml1m_fixture), tensors, tasks)
-    learner = _learner(ml1m_fixture)
-    learner.ensemble.cuda()
-    learner.__init__(learner.ensemble, learner.settings, "cuda")
+def test_sparse_meta_step_on_cuda_matches_cpu(make_module, make_episode):
+    tensors, tasks = make_episode()
+    cpu, cpu_loss = _sparse_grads(make_module(), tensors, tasks)
+    learner = make_module()
+    learner = MetaSGDEnsemble(learner.ensemble, learner.settings, "cuda")
     with torch.no_grad():
         for n, a in learner.alpha.items():
-            a.copy_(_learner(ml1m_fixture).alpha[n])
-    learner.device = torch.device("cuda")
+            a.copy_(make_module().alpha[n])
     gpu, gpu_loss = _sparse_grads(learner, tensors, tasks)
     assert gpu_loss == pytest.approx(cpu_loss, rel=1e-9)
     for name, value in cpu.items():
@@ -254,12 +224,12 @@ def test_sparse_meta_step_on_cuda_matches_cpu(ml1m_fixture):
 
 
 @pytest.mark.parametrize("inner_steps", [1, 2])
-def test_batched_meta_testing_equals_per_user_dense_adaptation(ml1m_fixture, inner_steps):
-    """predict() pads users into vmapped chunks with per-user tables; each user's predictions
+def test_batched_meta_testing_equals_per_user_dense_adaptation(make_module, make_episode, inner_steps):
+    """predict() pads users into vmapped groups with per-user tables; each user's predictions
     must equal adapting a full copy of every parameter on that user alone."""
-    learner = _learner(ml1m_fixture)
+    learner = make_module()
     learner.settings.inner_steps = inner_steps
-    tensors, tasks = _episode(ml1m_fixture, n_users=6)
+    tensors, tasks = make_episode(n_users=6)
     eval_rows = [t.query for t in tasks]
     eval_rows[2] = eval_rows[2][:1]  # users of different sizes share a chunk
     batched = learner.predict(tensors, tasks, eval_rows)
@@ -278,22 +248,22 @@ def test_batched_meta_testing_equals_per_user_dense_adaptation(ml1m_fixture, inn
     assert not np.allclose(unadapted[0], batched[0])
 
 
-def test_own_model_loss_adapts_each_model_as_if_alone(ml1m_fixture):
+def test_own_model_loss_adapts_each_model_as_if_alone(make_module, make_episode):
     """model_loss = "own": base model k's inner gradient is its own LogLoss's gradient (what a
     one-model ensemble gets), and the selector's is the mixture's with the models' predictions
     held fixed; "mixture" reaches model k only scaled by its weight, so the two differ."""
-    learner = _learner(ml1m_fixture)
-    tensors, tasks = _episode(ml1m_fixture, n_users=1)
+    learner = make_module()
+    tensors, tasks = make_episode(n_users=1)
     batch, labels = tensors.batch(tasks[0].support)
     params = {n: p.detach().clone().requires_grad_(True) for n, p in learner.params.items()}
     ensemble = learner.ensemble
     own = torch.func.grad(lambda p: ensemble.loss(p, batch, labels, model_loss="own"))(params)
-    mixture = torch.func.grad(lambda p: ensemble.loss(p, batch, labels))(params)
+    mixture = torch.func.grad(lambda p: ensemble.loss(p, batch, labels, model_loss="mixture"))(params)
     for key, model in ensemble.models.items():
         alone = Ensemble({key: model}, None).to(torch.float64)
         prefix = f"models.{key}."
         mine = {n: v for n, v in params.items() if n.startswith(prefix)}
-        expected = torch.func.grad(lambda p: alone.loss(p, batch, labels))(mine)  # noqa: B023
+        expected = torch.func.grad(lambda p: alone.loss(p, batch, labels, model_loss="own"))(mine)  # noqa: B023
         for n in mine:
             torch.testing.assert_close(own[n], expected[n], rtol=1e-10, atol=1e-12)
         assert not torch.allclose(own[f"{prefix}{model.table_names[0]}"], mixture[f"{prefix}{model.table_names[0]}"])
@@ -313,14 +283,14 @@ def test_metaselector_starts_from_each_models_own_adaptation(ml1m_fixture, monke
     from metaselector.experiment.meta_training import meta_train
 
     starts = []
-    fit = MetaLearner.fit
+    fit = MetaTrainer.fit
 
     def recording_fit(self, *args, **kwargs):
-        if self.ensemble.selector is not None:
-            starts.append((self.state(), self.dense_alpha()))
+        if self.module.ensemble.selector is not None:
+            starts.append((self.module.snapshot(), self.module.dense_alpha()))
         return fit(self, *args, **kwargs)
 
-    monkeypatch.setattr(MetaLearner, "fit", recording_fit)
+    monkeypatch.setattr(MetaTrainer, "fit", recording_fit)
     config = tiny("movielens-1m", models=["LR", "FM", "DeepFM"],
                   meta={"epochs": 1, "model_start": "adapted", "model_loss": "own"})
     torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""The README's "Use it in your system" example runs as written."""
+"""The README's Python example ("In Python") runs as written."""
 
 import os
 import re
@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 @pytest.mark.slow
 def test_readme_library_example_runs(tmp_path, capsys):
     text = README.read_text()
-    section = text[text.index("## Use it in your system"):]
+    section = text[text.index("### In Python"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     cwd = os.getcwd()
     os.chdir(tmp_path)

@@ -56,23 +56,21 @@ def test_lazy_row_adam_equals_adam_on_rows_updated_every_step_and_leaves_others(
     assert lazy.moments["t"].stored_rows == 4
 
 
-def test_meta_step_stores_rates_and_moments_only_for_the_episode_rows(ml1m_fixture):
-    from test_meta import _episode, _learner
+def test_meta_step_stores_rates_and_moments_only_for_the_episode_rows(make_module, make_episode):
+    from metaselector.selection.meta_trainer import MetaTrainer
 
-    learner = _learner(ml1m_fixture, dtype=torch.float32)
-    learner.alpha = {n: a if n not in learner.tables else RowStore.like(learner.params[n].detach(), 0.05)
-                     for n, a in learner.alpha.items()}
-    learner._build_optimizers()
-    tensors, tasks = _episode(ml1m_fixture)
+    learner = make_module(dtype=torch.float32, rates=None)  # every rate at inner_lr, none stored yet
+    trainer = MetaTrainer(learner)
+    tensors, tasks = make_episode()
     tensors = type(tensors)(tensors.ids, tensors.weights.float(), tensors.labels.float(), tensors.users)
     before = {n: learner.params[n].detach().clone() for n in learner.tables}
-    rows, leaves, alphas, _ = learner.episode_backward(tensors, tasks)
-    learner._outer_step(rows, leaves, alphas)
+    rows, leaves, alphas, _ = trainer.episode_backward(tensors, tasks)
+    trainer._outer_step(rows, leaves, alphas)
     outside = torch.ones(learner.params[learner.tables[0]].shape[0], dtype=torch.bool)
     outside[rows] = False
     for n in learner.tables:
         assert learner.alpha[n].stored_rows == len(rows), n
-        assert learner.table_optimizer.moments[n].stored_rows == len(rows), n
+        assert trainer.table_optimizer.moments[n].stored_rows == len(rows), n
         assert torch.equal(learner.params[n].detach()[outside], before[n][outside]), n
         assert not torch.equal(learner.params[n].detach()[rows], before[n][rows]), n
         rates = learner.alpha[n].dense()

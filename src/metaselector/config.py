@@ -9,10 +9,10 @@ from pathlib import Path
 
 import tomli_w
 
-from .data.sources import CustomSpec
+from .data.custom import CustomSpec
 from .errors import ConfigError
-from .selection.meta import MetaSettings
-from .settings import AT_LEAST_ONE, NON_NEGATIVE, Interval, Options, build, merge, setting
+from .selection.meta_settings import MetaSettings
+from .settings import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Interval, Options, build, merge, setting
 from .training.pretrain import PretrainSettings
 
 
@@ -22,8 +22,12 @@ def _read_toml(path: Path) -> dict:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); expected a TOML file") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
 COLUMN_TYPES = {"user": str, "item": str, "timestamp": str, "label": str, "rating": str, "threshold": float,
@@ -75,6 +79,22 @@ class SampleLevelSettings:
 
 
 @dataclass
+class ModelOverrides:
+    """A [model_settings.<model>] table: one base model's own settings (chosen by `metaselector
+    tune`, or by hand); each one left out falls back to the shared setting of the same name
+    (embedding_dim, deepfm_hidden as `hidden`, dropout, and [pretrain] l2_embedding, adam_lr,
+    epochs, patience). A table for a model the run does not use is ignored."""
+
+    embedding_dim: int | None = setting(None, AT_LEAST_ONE)
+    hidden: list[int] | None = setting(None, AT_LEAST_ONE, non_empty=True)
+    dropout: float | None = setting(None, Interval(0, 1, hi_open=True))
+    l2_embedding: float | None = setting(None, NON_NEGATIVE)
+    adam_lr: float | None = setting(None, POSITIVE)
+    epochs: int | None = setting(None, AT_LEAST_ONE)
+    patience: int | None = setting(None, AT_LEAST_ONE)
+
+
+@dataclass
 class RunConfig:
     """Every setting a run depends on, defined once; written next to its results.
 
@@ -99,9 +119,12 @@ class RunConfig:
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
     meta: MetaSettings = field(default_factory=MetaSettings)
     sample_level: SampleLevelSettings = field(default_factory=SampleLevelSettings)
+    # Per base model: [model_settings.MF] embedding_dim = 16, ... (a `models` key cannot hold both
+    # the list of models and their tables in TOML, hence the name).
+    model_settings: dict[str, ModelOverrides] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return _without_none(asdict(self))
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -129,6 +152,13 @@ MOVED = {old: f"[{table}] {new}" for old, (table, new) in {
 }.items()}
 
 
+def _without_none(value):
+    """A settings dict without unset (None) values: TOML has no null."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
 def _checked(config: RunConfig, where: str, classes: dict, import_models: bool) -> RunConfig:
     """Rules that join several settings or need the model registry."""
     from .models import resolve_model
@@ -151,11 +181,19 @@ def preset(dataset: str) -> RunConfig:
     return RunConfig.from_dict({**_preset_values(dataset), "dataset": dataset}, where=f"preset {dataset}")
 
 
-def load_config(dataset: str, config_file: Path | None, overrides: dict | None = None) -> RunConfig:
-    """The dataset's preset, then the config file's values, then `overrides` (command-line
-    options): all checked, before any work."""
+PRESETS = ("extended",)  # presets laid over the dataset's, below a config file
+
+
+def load_config(dataset: str, config_file: Path | None, overrides: dict | None = None,
+                preset_name: str | None = None) -> RunConfig:
+    """The dataset's preset, then the named preset (e.g. "extended"), then the config file's
+    values, then `overrides` (command-line options): all checked, before any work."""
     values = {**_preset_values(dataset), "dataset": dataset}
     where = "configuration"
+    if preset_name is not None:
+        if preset_name not in PRESETS:
+            raise ConfigError(f"preset '{preset_name}': unknown (expected one of {', '.join(PRESETS)})")
+        values = merge(values, _preset_values(preset_name))
     if config_file is not None:
         values, where = merge(values, _read_toml(config_file)), str(config_file)
     return RunConfig.from_dict(merge(values, overrides or {}), where=where)

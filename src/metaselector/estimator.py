@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from .config import RunConfig, preset
-from .data.features import EncodedDataset
+from .data.dataset import EncodedDataset
 from .data.splits import require_usable, split_users
 from .errors import InputError, NotFittedError
 from .evaluation.diagnostics import selector_diagnostics
@@ -29,6 +29,7 @@ from .evaluation.metrics import summary
 from .experiment.context import Timer, TrainingContext, prepare_training
 from .experiment.meta_training import meta_train
 from .models import BaseModel
+from .random_streams import int_seed
 from .selection.tasks import UserTask
 from .settings import merge
 from .training.tensors import TensorData
@@ -103,6 +104,7 @@ class MetaSelector:
                             temporal=config.split == "temporal")
         require_usable(split, data.labels, data.name)
         timer = Timer(log or (lambda message: None))
+        torch.manual_seed(int_seed(self.seed, "dropout"))
         context = prepare_training(config, data, split, self.seed, timer, progress, classes,
                                    Path(state_dir) if state_dir is not None else None)
         return self._fit_context(context, classes)
@@ -110,16 +112,18 @@ class MetaSelector:
     def _fit_context(self, context: TrainingContext, classes: dict | None = None) -> MetaSelector:
         """Meta-train with [meta] as configured, then measure what the selector does per user on
         the held-out rows (`diagnostics_`, whose `selector_kind` says learned or global blend)."""
-        self.learner_, self.training_notes_ = meta_train(context, "MetaSelector", context.config.meta,
-                                                         list(context.config.models))
-        self.diagnostics_ = _held_out_diagnostics(self.learner_, context)
-        self.config_ = context.config
-        self.encoder_ = context.data.encoder
-        self.model_names_ = list(context.config.models)
-        self.model_classes_ = dict(classes or {})
-        self.dataset_ = context.data.name
-        self.sources_ = dict(context.data.sources)
-        self.seed_ = context.seed
+        module, notes = meta_train(context, "MetaSelector", context.config.meta, list(context.config.models))
+        return self._set_fitted(module, context.config, context.data.encoder, classes or {}, context.data.name,
+                                dict(context.data.sources), context.seed, notes,
+                                _held_out_diagnostics(module, context))
+
+    def _set_fitted(self, module, config: RunConfig, encoder, classes: dict, dataset: str, sources: dict,
+                    seed: int, notes: dict, diagnostics: dict) -> MetaSelector:
+        """The fitted state, set in one place by `fit` and by `load`."""
+        self.module_, self.config_, self.encoder_ = module, config, encoder
+        self.model_names_, self.model_classes_ = list(config.models), dict(classes)
+        self.dataset_, self.sources_, self.seed_ = dataset, sources, seed
+        self.training_notes_, self.diagnostics_ = notes, diagnostics
         return self
 
     @property
@@ -130,7 +134,7 @@ class MetaSelector:
         return self.diagnostics_.get("selector_kind", "unknown")
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "learner_"):
+        if not hasattr(self, "module_"):
             raise NotFittedError("this MetaSelector is not fitted yet: call fit(data) or MetaSelector.load(dir)")
 
     # ---- scoring -------------------------------------------------------------------
@@ -167,7 +171,7 @@ class MetaSelector:
         tensors = TensorData(torch.from_numpy(encoded.ids), torch.from_numpy(encoded.weights),
                              torch.from_numpy(np.nan_to_num(labels)), torch.from_numpy(np.concatenate(groups)))
         tasks = [UserTask(i, s, e) for i, (s, e) in enumerate(zip(support, evaluation, strict=True))]
-        scored = self.learner_.predict(tensors, tasks, evaluation, with_weights=True)
+        scored = self.module_.predict(tensors, tasks, evaluation, with_weights=True)
         unknown_user = self.encoder_.lookup("@user", events["user"]) < 0
         unknown_item = self.encoder_.lookup("@item", events["item"]) < 0
         return [UserScores(p, w, count > 0, count, {"users": int(unknown_user[e].sum()),
@@ -216,11 +220,11 @@ class MetaSelector:
         return load_model(cls, Path(directory), device, model_classes or {})
 
 
-def _held_out_diagnostics(learner, context: TrainingContext) -> dict:
+def _held_out_diagnostics(module, context: TrainingContext) -> dict:
     """Selector diagnostics on the checked users' held-out rows (each user adapting on their other
     training rows; no model trained on these rows), else on held-out users' query rows."""
     tasks = context.check_tasks or context.valid_tasks or context.train_tasks
-    scored = learner.predict(context.tensors, tasks, [t.query for t in tasks], with_weights=True)
+    scored = module.predict(context.tensors, tasks, [t.query for t in tasks], with_weights=True)
     rows = np.concatenate([t.query for t in tasks])
     return selector_diagnostics(list(context.config.models), [w for _, w in scored],
                                 np.array([len(t.support) for t in tasks]),

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from .errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
@@ -51,12 +53,24 @@ def sha256_of(path: str | Path, chunk_size: int = 1 << 20) -> str:
 
 
 def cache_home() -> Path:
-    """`$METASELECTOR_HOME`, else the user's cache folder."""
+    """`$METASELECTOR_HOME`, else the user's cache folder; refused if it (or a folder above it)
+    is a file, since nothing could be created inside it."""
     env = os.environ.get("METASELECTOR_HOME")
     if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "metaselector"
+        return _usable_folder(Path(env).expanduser(), "METASELECTOR_HOME")
+    if os.environ.get("XDG_CACHE_HOME"):
+        return _usable_folder(Path(os.environ["XDG_CACHE_HOME"]) / "metaselector", "XDG_CACHE_HOME")
+    return Path.home() / ".cache" / "metaselector"
+
+
+def _usable_folder(path: Path, setting: str) -> Path:
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise InputError(f"{setting}={os.environ[setting]}: {part} is a file, not a folder; point "
+                                 f"{setting} at a folder (or unset it)")
+            break
+    return path
 
 
 def strict(value):

@@ -56,7 +56,7 @@ import torch
 
 from . import distributed
 from .config import RunConfig
-from .data.features import EncodedDataset
+from .data.dataset import EncodedDataset
 from .data.splits import require_usable, split_users
 from .evaluation.diagnostics import selector_diagnostics, weights_by_activity_figure
 from .evaluation.fidelity import Fidelity
@@ -66,7 +66,8 @@ from .experiment.methods import Method, table3_methods
 from .experiment.methods.base import rows_of
 from .experiment.methods.metaselector import PAPER_ROW, VALIDATED_ROW
 from .experiment.paper import OPEN_CHOICES, deviations, resolved_meta, structural_notes
-from .experiment.run_directory import RunDirectory, run_identity
+from .random_streams import int_seed
+from .run_folder import RunDirectory, run_identity
 from .selection import oracles
 from .selection.tasks import UserTask, tasks_for
 from .training.state import StateFile
@@ -103,7 +104,7 @@ def run_seed(config: RunConfig, data: EncodedDataset, seed: int, state_dir: Path
         return _seed_result_from(saved)
     result = SeedResult(seed)
     timer = Timer(log, result.stages, result.peaks)
-    torch.manual_seed(seed)
+    torch.manual_seed(int_seed(seed, "dropout"))
     split = split_users(data.users, data.timestamps, seed, temporal=config.split == "temporal",
                         new_users=config.new_users)
     require_usable(split, data.labels, data.name)

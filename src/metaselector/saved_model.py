@@ -29,12 +29,11 @@ from .data.encoder import FeatureEncoder
 from .errors import InputError, MetaSelectorError
 from .experiment.context import model_settings
 from .io_utils import atomic_write, atomic_write_text, sha256_of, strict
-from .models import ModelSettings
+from .models import ModelSettings, build_model
 from .models.base import MODEL_REGISTRY
 from .selection.ensemble import Ensemble
-from .selection.meta import MetaLearner
+from .selection.metasgd import MetaSGDEnsemble
 from .selection.selector import Selector
-from .training.row_state import RowStore
 
 FORMAT_VERSION = 1
 FILES = ("encoder.json", "weights.safetensors")
@@ -47,24 +46,12 @@ def _package_version() -> str:
         return "unknown"
 
 
-def weights_of(learner: MetaLearner) -> dict[str, torch.Tensor]:
-    tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in learner.params.items()}
-    for n, rate in learner.alpha.items():
-        if isinstance(rate, RowStore):
-            rows = torch.nonzero(rate.slot).flatten().to(torch.int64)
-            tensors[f"alpha_rows/{n}"] = rows.cpu()
-            tensors[f"alpha_values/{n}"] = rate.gather(rows).cpu().contiguous()
-        else:
-            tensors[f"alpha/{n}"] = rate.detach().cpu().contiguous()
-    return tensors
-
-
 def save_model(model, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_text(directory / "encoder.json", json.dumps(model.encoder_.to_dict()))
     atomic_write_text(directory / "diagnostics.json", json.dumps(strict(model.diagnostics_), indent=1) + "\n")
     with atomic_write(directory / "weights.safetensors") as handle:
-        handle.write(save(weights_of(model.learner_)))
+        handle.write(save(model.module_.state_dict()))
     notes = model.training_notes_
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -73,7 +60,7 @@ def save_model(model, directory: Path) -> Path:
         "dataset": model.dataset_,
         "seed": model.seed_,
         "base_models": model.model_names_,
-        "model_settings": model_settings(model.config_).__dict__,
+        "model_settings": {name: model_settings(model.config_, name).__dict__ for name in model.model_names_},
         "config": model.config_.to_dict(),
         "training_data_sha256": model.sources_,
         "validation": {"best_epoch": notes["best_epoch"], "validation_logloss": notes["validation_logloss"]},
@@ -133,23 +120,31 @@ def load_model(cls, directory: Path, device: str, classes: dict):
     except Exception as err:  # a crafted or damaged file can fail in many ways; none is a traceback
         raise InputError(f"{directory / 'encoder.json'}: not a valid encoder "
                          f"({err.__class__.__name__}: {err})") from None
-    settings = model_settings(config)
-    models = {name: _model_class(name, classes, where)(encoder.layout, settings) for name in config.models}
-    selector = Selector(encoder.layout, ModelSettings(config.embedding_dim, list(config.meta.selector_hidden)),
-                        len(models), uses_predictions=config.meta.selector_uses_predictions)
-    learner = MetaLearner(Ensemble(models, selector), config.meta, device)
-    _load_weights(learner, directory / "weights.safetensors")
-    model = cls(models=list(config.models), config=config, seed=manifest["seed"], device=device)
-    model.learner_, model.config_, model.encoder_ = learner, config, encoder
-    model.model_names_, model.model_classes_ = list(config.models), dict(classes)
-    model.dataset_, model.seed_ = manifest["dataset"], manifest["seed"]
+    module = build_module(config, encoder.layout, {name: _model_class(name, classes, where) for name in config.models},
+                          device)
+    weights = directory / "weights.safetensors"
+    try:
+        tensors = load(weights.read_bytes())
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputError(f"{weights}: not a readable safetensors file ({err})") from None
+    module.load_state_dict(tensors, where=str(weights))
     # informational fields: an edited value is dropped, not trusted
     sources, validation = manifest.get("training_data_sha256"), manifest.get("validation")
-    model.sources_ = sources if isinstance(sources, dict) else {}
-    model.training_notes_ = validation if isinstance(validation, dict) else {}
-    model.diagnostics_ = _informational_diagnostics(directory, manifest)
+    model = cls(models=list(config.models), config=config, seed=manifest["seed"], device=device)
+    model._set_fitted(module, config, encoder, classes, manifest["dataset"], sources if isinstance(sources, dict)
+                      else {}, manifest["seed"], validation if isinstance(validation, dict) else {},
+                      _informational_diagnostics(directory, manifest))
     model.manifest_ = manifest
     return model
+
+
+def build_module(config: RunConfig, layout, classes: dict, device: str = "cpu") -> MetaSGDEnsemble:
+    """The inference module of a configuration: its base models (of `classes`, name -> class) and
+    selector, freshly initialised; no optimizer."""
+    models = {name: build_model(name, layout, model_settings(config, name), classes[name]) for name in config.models}
+    selector = Selector(layout, ModelSettings(config.embedding_dim, list(config.meta.selector_hidden)),
+                        len(models), uses_predictions=config.meta.selector_uses_predictions)
+    return MetaSGDEnsemble(Ensemble(models, selector), config.meta, device)
 
 
 def _informational_diagnostics(directory: Path, manifest: dict) -> dict:
@@ -163,31 +158,3 @@ def _informational_diagnostics(directory: Path, manifest: dict) -> dict:
     kind = manifest.get("selector_kind")
     diagnostics["selector_kind"] = kind if kind in ("learned", "global-blend") else "unknown"
     return diagnostics
-
-
-def _load_weights(learner: MetaLearner, path: Path) -> None:
-    try:
-        tensors = load(path.read_bytes())
-    except (SafetensorError, OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable safetensors file ({err})") from None
-    with torch.no_grad():
-        for n, p in learner.params.items():
-            p.copy_(_tensor(tensors, f"param/{n}", p.shape, path))
-        for n, rate in learner.alpha.items():
-            if isinstance(rate, RowStore):
-                rows = _tensor(tensors, f"alpha_rows/{n}", None, path)
-                values = _tensor(tensors, f"alpha_values/{n}", (len(rows), *rate.shape[1:]), path)
-                if len(rows) and (rows.min() < 0 or rows.max() >= rate.shape[0]):
-                    raise InputError(f"{path}: tensor 'alpha_rows/{n}' holds rows outside the table")
-                rate.write(rows.to(rate.device), values.to(rate.device))
-            else:
-                rate.copy_(_tensor(tensors, f"alpha/{n}", rate.shape, path))
-
-
-def _tensor(tensors: dict, key: str, shape, path: Path) -> torch.Tensor:
-    if key not in tensors:
-        raise InputError(f"{path}: tensor '{key}' missing")
-    value = tensors[key]
-    if shape is not None and tuple(value.shape) != tuple(shape):
-        raise InputError(f"{path}: tensor '{key}' has shape {tuple(value.shape)}, expected {tuple(shape)}")
-    return value

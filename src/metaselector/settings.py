@@ -6,6 +6,7 @@ constraints). A settings class is a dataclass whose fields are made with `settin
 from __future__ import annotations
 
 import math
+import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 
@@ -71,6 +72,11 @@ def _type_error(value, expected: type) -> bool:
 
 def _check_value(name: str, value, hint, meta: dict, where: str):
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # `X | None`: unset is None (TOML has no null)
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_value(name, value, hint, meta, where)
     if origin is list:
         (item_type,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -102,6 +108,12 @@ def build(cls, values: dict, where: str, prefix: str = "", moved: dict[str, str]
         hint = hints[key]
         if is_dataclass(hint):
             out[key] = build(hint, value, where, f"{prefix}{key}.", moved)
+        elif typing.get_origin(hint) is dict:  # a table of tables, e.g. [model_settings.MF]
+            _, item = typing.get_args(hint)
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [{prefix}{key}] must be a table, got {value!r}")
+            out[key] = {name: build(item, table, where, f"{prefix}{key}.{name}.", moved)
+                        for name, table in value.items()}
         else:
             out[key] = _check_value(prefix + key, value, hint, dict(known[key].metadata), where)
     return cls(**out)
@@ -114,6 +126,10 @@ def validate(instance, where: str) -> None:
         value = getattr(instance, f.name)
         if is_dataclass(value):
             validate(value, where)
+        elif isinstance(value, dict):
+            for item in value.values():
+                if is_dataclass(item):
+                    validate(item, where)
         elif f.default is not MISSING or f.default_factory is not MISSING:
             _check_value(f.name, value, hints[f.name], dict(f.metadata), where)
 

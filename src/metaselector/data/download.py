@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import ChecksumError, DownloadError, IncompleteDownload
+from ..io_utils import atomic_write_text, sha256_of
 from .registry import DatasetInfo, RemoteFile
 
 CHUNK = 1 << 16
@@ -64,6 +66,11 @@ def _fetch(url: str, part: Path, timeout: float, progress: bool, deadline: float
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:  # already complete
             return
+        if 300 <= err.code < 400:  # urllib gives up on a redirect loop (or one redirect too many)
+            where = err.headers.get("Location", "?") if err.headers else "?"
+            raise DownloadError(f"{url}: too many redirects (the server keeps redirecting; last: HTTP {err.code} "
+                                f"to {where}); check the URL, or download the file yourself and read it from "
+                                "its folder (data_dir)") from None
         raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         raise DownloadError(f"{url}: cannot connect ({getattr(err, 'reason', err)})") from None
@@ -86,7 +93,7 @@ def _fetch(url: str, part: Path, timeout: float, progress: bool, deadline: float
                     if deadline is not None and time.monotonic() > deadline:
                         raise IncompleteDownload(
                             f"{url}: not complete within the time allowed ({handle.tell()} bytes so far);"
-                            " run the same command again to resume, or allow more time (--deadline)")
+                            " run the same command again to resume, or allow more time (deadline_seconds)")
             except (http.client.IncompleteRead, http.client.HTTPException, OSError) as err:
                 raise IncompleteDownload(
                     f"{url}: connection lost after {handle.tell()} bytes ({err.__class__.__name__});"
@@ -183,9 +190,43 @@ def safe_extract(archive: Path, dest_dir: Path) -> None:
         raise DownloadError(f"{archive}: not a valid zip archive ({err})") from None
 
 
+def _record_path(folder: Path, archive_name: str) -> Path:
+    return folder / f".{archive_name}.extracted.json"
+
+
+def record_extraction(folder: Path, archive_name: str, entries: list[str]) -> None:
+    """Write what extraction put in `folder` (the top-level `entries`): each file's size and SHA-256."""
+    files = {}
+    for name in entries:
+        top = folder / name
+        for path in [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file()):
+            files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
+    atomic_write_text(_record_path(folder, archive_name), json.dumps({"archive": archive_name, "files": files}))
+
+
+def extraction_problem(folder: Path, archive_name: str) -> str | None:
+    """None if every file `archive_name` put in `folder` is as extraction wrote it; else what is
+    wrong (a file changed or missing since, or no record of the extraction)."""
+    try:
+        files = json.loads(_record_path(folder, archive_name).read_text())["files"]
+        recorded = {rel: (int(v["size"]), str(v["sha256"])) for rel, v in files.items()}
+    except FileNotFoundError:
+        return f"{folder}: no record of what {archive_name} extracted there"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{_record_path(folder, archive_name)}: unreadable record of the extraction"
+    for rel, (size, digest) in recorded.items():
+        path = folder / rel
+        if not path.is_file():
+            return f"{path}: missing since it was extracted from {archive_name}"
+        if path.stat().st_size != size or sha256_of(path) != digest:
+            return f"{path}: changed since it was extracted from {archive_name} (size or SHA-256 differs)"
+    return None
+
+
 def extract(archive: Path, dest_dir: Path, required: list[str] | None = None) -> None:
     """Extract a zip archive next to itself: into a temporary folder, checked for `required`
-    paths, then each top-level entry renamed into place under a lock. A bad archive is removed."""
+    paths, then each top-level entry renamed into place under a lock, and what was written is
+    recorded (`extraction_problem` checks it before use). A bad archive is removed."""
     if archive.suffix != ".zip":
         return
     with folder_lock(dest_dir / ".extract.lock"):
@@ -199,11 +240,13 @@ def extract(archive: Path, dest_dir: Path, required: list[str] | None = None) ->
             except DownloadError:
                 archive.unlink(missing_ok=True)
                 raise
-            for entry in tmp.iterdir():
-                final = dest_dir / entry.name
+            entries = [entry.name for entry in tmp.iterdir()]
+            for name in entries:
+                final = dest_dir / name
                 if final.is_dir():
                     shutil.rmtree(final)
-                os.replace(entry, final)
+                os.replace(tmp / name, final)
+            record_extraction(dest_dir, archive.name, entries)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -217,7 +260,8 @@ def download_dataset(
     timeout: float = 60.0,
     deadline_seconds: float | None = 6 * 3600,
 ) -> Path:
-    """Download, verify and extract every file of a dataset into `dest_dir`."""
+    """Download (or verify what is there), and extract every file of a dataset into `dest_dir`;
+    an archive is extracted again when what it extracted has changed since."""
     if not info.files:
         raise DownloadError(f"dataset '{info.name}' has nothing to download ({info.source})")
     check_mirror(mirror)
@@ -227,6 +271,7 @@ def download_dataset(
                              deadline_seconds=deadline_seconds)
         if not (remote.sha256 or remote.md5):
             log(f"note: {remote.filename} has no published checksum; sha256 is {_digest(path, 'sha256')}")
-        inside = [r for r in info.required if "/" in r] if path.suffix == ".zip" else []
-        extract(path, dest_dir, required=inside)
+        if path.suffix == ".zip" and (problem := extraction_problem(dest_dir, path.name)):
+            log(f"extracting {path.name} ({problem})")
+            extract(path, dest_dir, required=[r for r in info.required if "/" in r])
     return dest_dir

@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..errors import ConfigError, InputError
 from .features import SOURCES, FeatureLayout, FeatureSpec, Field, FieldSpec, bag
+from .history import as_keys, group_codes, history_positions
 from .sources import RawData
 
 # Values treated as missing side information (padding id 0), as pandas writes them as strings.
@@ -48,16 +49,8 @@ class EncodedEvents:
     unknown: dict[str, int] = field(default_factory=dict)
 
 
-def _as_keys(values: pd.Series | np.ndarray) -> pd.Series:
-    """Raw ids as the strings the vocabularies hold (1 and "1" are the same user)."""
-    series = pd.Series(values)
-    if series.dtype.kind == "f" and series.notna().all() and (series % 1 == 0).all():
-        series = series.astype(np.int64)  # 12.0 read from JSON is id "12"
-    return series.astype(str)
-
-
 def _vocabulary(values: pd.Series | np.ndarray) -> list[str]:
-    uniques = pd.unique(_as_keys(values))
+    uniques = pd.unique(as_keys(values))
     return sorted(str(u) for u in uniques if str(u) not in MISSING)
 
 
@@ -68,7 +61,7 @@ class _Lookup:
         self.index = pd.Index(vocabulary)
 
     def __call__(self, values: pd.Series | np.ndarray) -> np.ndarray:
-        return np.asarray(self.index.get_indexer(_as_keys(values)), dtype=np.int64)
+        return np.asarray(self.index.get_indexer(as_keys(values)), dtype=np.int64)
 
 
 class FeatureEncoder:
@@ -116,7 +109,7 @@ class FeatureEncoder:
                 vocabularies[fs.name] = _vocabulary(values)
             # A column with one value per user (demographics) is kept per user, so online requests
             # need not repeat it; a column that varies per event must come with each event.
-            per_user = pd.DataFrame({"user": _as_keys(frame["user"]), "value": values}).drop_duplicates()
+            per_user = pd.DataFrame({"user": as_keys(frame["user"]), "value": values}).drop_duplicates()
             if not per_user["user"].duplicated().any():
                 user_columns[column] = dict(zip(per_user["user"], per_user["value"], strict=True))
         return cls(spec, vocabularies, item_tags, user_columns, label_rule or LabelRule())
@@ -173,7 +166,7 @@ class FeatureEncoder:
             codes = pd.factorize(pd.Series(groups))[0].astype(np.int64)
             users = (codes, codes)
         else:
-            users = _group_codes(events["user"], history["user"])
+            users = group_codes(events["user"], history["user"])
         times = _timestamps(events["timestamp"], "timestamp")
         h_times = times if history is events else _timestamps(history["timestamp"], "history timestamp")
         item = self._lookups["@item"](events["item"])
@@ -235,7 +228,7 @@ class FeatureEncoder:
         if column in events.columns:
             return events[column].astype(str)
         if column in self.user_columns:
-            return _as_keys(events["user"]).map(self.user_columns[column]).astype(str)
+            return as_keys(events["user"]).map(self.user_columns[column]).astype(str)
         raise InputError(f"feature field '{field_name}': column '{column}' is missing from the events")
 
     def _tags_of(self, item_codes: np.ndarray) -> np.ndarray:
@@ -271,32 +264,3 @@ def _timestamps(values: pd.Series, name: str) -> np.ndarray:
         raise InputError(f"field '{name}': row {int(np.flatnonzero(bad)[0]) + 1}: expected Unix seconds, "
                          f"got {values.iloc[int(np.flatnonzero(bad)[0])]!r}")
     return numeric.to_numpy().astype(np.int64)
-
-
-def _group_codes(users: pd.Series, history_users: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Users of the events and of the history as codes of one shared, request-local numbering."""
-    keys = pd.concat([_as_keys(users), _as_keys(history_users)], ignore_index=True)
-    codes, _ = pd.factorize(keys)
-    return codes[:len(users)].astype(np.int64), codes[len(users):].astype(np.int64)
-
-
-def history_positions(users: tuple[np.ndarray, np.ndarray], times: np.ndarray, h_times: np.ndarray,
-             h_items: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (into the history) of each event's `length` latest history events of the same
-    user strictly before its timestamp, oldest first, and a validity mask.
-
-    History events are ordered by (user, timestamp, item code) first: the order offline
-    encoding sees them in, so the slots come out in the same order either way."""
-    e_users, h_users = users
-    # (user, time) pairs as one sortable key: time ranks among all the times seen
-    all_times = np.unique(np.concatenate([times, h_times]))
-    e_key = e_users * (len(all_times) + 1) + np.searchsorted(all_times, times)
-    h_key = h_users * (len(all_times) + 1) + np.searchsorted(all_times, h_times)
-    order = np.lexsort((h_items, h_key))
-    sorted_key = h_key[order]
-    end = np.searchsorted(sorted_key, e_key, side="left")  # first history event at or after the time
-    start = np.searchsorted(sorted_key, e_users * (len(all_times) + 1), side="left")
-    positions = end[:, None] - length + np.arange(length)[None, :]
-    valid = positions >= start[:, None]
-    safe = np.clip(positions, 0, max(len(order) - 1, 0))
-    return (order[safe] if len(order) else np.zeros_like(safe)), valid

@@ -10,14 +10,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-from .sources import RawData
-
-if TYPE_CHECKING:
-    from .encoder import FeatureEncoder
 
 SOURCES = ("user", "item", "item_tags", "history_items", "history_tags", "dow", "season")
 
@@ -118,39 +112,6 @@ class FeatureLayout:
         return cls([Field(**f) for f in data["fields"]], data["num_features"])
 
 
-@dataclass
-class EncodedDataset:
-    """All samples of a dataset in the encoded batch format, sorted by user then time."""
-
-    name: str
-    layout: FeatureLayout
-    ids: np.ndarray  # int32 [N, S]; 0 = padding
-    weights: np.ndarray  # float32 [N, S]
-    labels: np.ndarray  # float32 [N]
-    users: np.ndarray  # int64 [N], user code 0..U-1
-    items: np.ndarray  # int64 [N], item code
-    timestamps: np.ndarray  # int64 [N]
-    user_names: np.ndarray  # original user id per user code (strings)
-    dropped: dict[str, int] = field(default_factory=dict)
-    encoder: FeatureEncoder | None = field(default=None, repr=False)  # encodes new events the same way
-    sources: dict[str, str] = field(default_factory=dict)  # input file name -> SHA-256
-
-    @property
-    def num_users(self) -> int:
-        return len(self.user_names)
-
-    def statistics(self) -> dict:
-        return {
-            "users": int(len(np.unique(self.users))),
-            "items": int(len(np.unique(self.items))),
-            "samples": int(len(self.labels)),
-            "features": int(self.layout.num_features),
-            "positive_rate": round(float(self.labels.mean()), 6) if len(self.labels) else 0.0,
-            "fields": self.layout.num_fields,
-            "slots": self.layout.num_slots,
-        }
-
-
 def bag(rows: np.ndarray, codes: np.ndarray, n_rows: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
     """Pool (row, code) pairs into padded bags: codes [n_rows, W] (-1 = empty), mean weights.
 
@@ -173,31 +134,3 @@ def bag(rows: np.ndarray, codes: np.ndarray, n_rows: int, cap: int) -> tuple[np.
     totals = out_weights.sum(axis=1, keepdims=True)
     np.divide(out_weights, totals, out=out_weights, where=totals > 0)
     return out_codes, out_weights
-
-
-def encode(raw: RawData, spec: FeatureSpec, label_threshold: float | None = 4.0) -> EncodedDataset:
-    """Encode a parsed dataset into the global feature space of `spec`: every event with the
-    user's earlier events as its history, sorted by user, then time, then item."""
-    from .encoder import FeatureEncoder, LabelRule
-
-    encoder = FeatureEncoder.fit(raw, spec, LabelRule(label_threshold))
-    frame = raw.interactions
-    user_codes = encoder.lookup("@user", frame["user"])
-    item_codes = encoder.lookup("@item", frame["item"])
-    timestamps = frame["timestamp"].to_numpy(dtype=np.int64)
-    order = np.lexsort((item_codes, timestamps, user_codes))
-    frame = frame.iloc[order].reset_index(drop=True)
-    encoded = encoder.encode(frame)
-    return EncodedDataset(
-        name=raw.name,
-        layout=encoder.layout,
-        ids=encoded.ids,
-        weights=encoded.weights,
-        labels=frame["label"].to_numpy(dtype=np.float32),
-        users=user_codes[order],
-        items=item_codes[order],
-        timestamps=timestamps[order],
-        user_names=np.asarray(encoder.vocabularies["@user"], dtype=str),
-        dropped=dict(raw.dropped),
-        encoder=encoder,
-    )

@@ -14,19 +14,13 @@ import numpy as np
 
 from ..errors import InputError
 from ..io_utils import atomic_write, cache_home, sha256_of
-from .download import download_dataset, folder_lock, safe_extract
+from .custom import CustomSpec, load_custom
+from .dataset import EncodedDataset, encode
+from .download import download_dataset, extraction_problem, folder_lock, record_extraction, safe_extract
 from .encoder import FeatureEncoder
-from .features import FEATURE_SPECS, EncodedDataset, FeatureSpec, custom_feature_spec, encode
+from .features import FEATURE_SPECS, FeatureSpec, custom_feature_spec
 from .registry import ML_LATEST_SMALL_SHA256, builtin_ml_latest_small, dataset_info
-from .sources import (
-    CustomSpec,
-    RawData,
-    load_amazon_electronics,
-    load_custom,
-    load_ml_latest_small,
-    load_movielens_1m,
-    load_movielens_100k,
-)
+from .sources import RawData, load_amazon_electronics, load_ml_latest_small, load_movielens_1m, load_movielens_100k
 
 CACHE_FORMAT = 2  # bump when the encoding changes, so stale caches are not reused
 
@@ -41,10 +35,10 @@ def _extract_archive(archive: Path, name: str) -> Path:
     target = cache_home() / "extracted" / f"{name}-{digest}"
     inner_name = _ARCHIVES[name][0]
     required = [Path(r).name for r in dataset_info(name).required]
-    if all((target / inner_name / r).is_file() for r in required):
-        return target / inner_name
+    if extraction_problem(target, archive.name) is None:
+        return target / inner_name  # as extraction left it (sizes and checksums recorded then)
     with folder_lock(target.parent / f".{target.name}.lock"):
-        if all((target / inner_name / r).is_file() for r in required):
+        if extraction_problem(target, archive.name) is None:
             return target / inner_name  # another process finished it meanwhile
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         try:
@@ -53,7 +47,8 @@ def _extract_archive(archive: Path, name: str) -> Path:
             if missing:
                 raise InputError(f"{archive}: expected the folder {inner_name}/ with {', '.join(required)} "
                                  f"inside the archive (missing {', '.join(missing)})")
-            shutil.rmtree(target, ignore_errors=True)  # an incomplete earlier extraction
+            record_extraction(tmp, archive.name, [inner_name])
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete or damaged earlier extraction
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -80,20 +75,23 @@ def locate(name: str, data_dir: Path | None, mirror: str | None = None,
                 return _extract_archive(data_dir / archive_name, name)
             raise InputError(f"{data_dir}: expected {archive_name} or the folder {folder_name}/ "
                              f"with {', '.join(Path(r).name for r in info.required)}")
-        home = cache_home() / "datasets" / name
-        if not all((home / r).is_file() for r in info.required):
-            log(f"downloading {name} into {home}")
-            download_dataset(info, home, mirror=mirror)
-        return home / folder_name
+        return _downloaded(info, mirror, log) / folder_name
     if name == "amazon-electronics":
         if data_dir is not None:
             return _folder(data_dir)
-        home = cache_home() / "datasets" / name
-        if not all((home / r).is_file() for r in info.required):
-            log(f"downloading {name} into {home}")
-            download_dataset(info, home, mirror=mirror)
-        return home
-    raise InputError(f"dataset '{name}' is read from your own file: give a data file (data_file, --data-file)")
+        return _downloaded(info, mirror, log)
+    raise InputError(f"dataset '{name}' is read from your own file: give a data file (data_file)")
+
+
+def _downloaded(info, mirror: str | None, log: Callable[[str], None]) -> Path:
+    """The dataset's folder in the cache: downloaded if missing; on every use the files are
+    checked against their published checksums and what extraction wrote, and a damaged
+    extraction is extracted again from the verified archive."""
+    home = cache_home() / "datasets" / info.name
+    if not all((home / r).is_file() for r in info.required):
+        log(f"downloading {info.name} into {home}")
+    download_dataset(info, home, mirror=mirror, log=log)
+    return home
 
 
 def _folder(path: Path) -> Path:
@@ -115,7 +113,7 @@ def verify_builtin(folder: Path) -> None:
 def load_raw(name: str, folder: Path | None = None, custom: CustomSpec | None = None) -> RawData:
     if name == "custom":
         if custom is None:
-            raise InputError("dataset 'custom' needs a data file (data_file, --data-file)")
+            raise InputError("dataset 'custom' needs a data file (data_file)")
         return load_custom(custom)
     if folder is None:
         raise InputError(f"dataset '{name}': no folder with its files")

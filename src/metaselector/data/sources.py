@@ -35,7 +35,7 @@ class RawData:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-def _require(path: Path) -> Path:
+def require_file(path: Path) -> Path:
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     return path
@@ -55,7 +55,7 @@ TIMESTAMP_RANGE = (-9_000_000_000, 9_000_000_000)
 INTEGER_COLUMNS = ("user", "item", "timestamp", "age", "occupation", "movieId")
 
 
-def _check_numeric(
+def check_numeric(
     frame: pd.DataFrame, columns: list[str], path: Path, expected: str,
     header_lines: int, encoding: str = "utf-8",
 ) -> pd.DataFrame:
@@ -90,7 +90,7 @@ def check_labels(frame: pd.DataFrame, path: Path | str) -> None:
         raise InputError(f"{path}: every label is {kind}; training needs both positive and negative samples")
 
 
-def _read_table(path: Path, **kwargs) -> pd.DataFrame:
+def read_table(path: Path, **kwargs) -> pd.DataFrame:
     try:
         return pd.read_csv(path, **kwargs)
     except (pd.errors.ParserError, ValueError) as err:
@@ -102,7 +102,7 @@ def _read_table(path: Path, **kwargs) -> pd.DataFrame:
         raise InputError(f"{path}: not valid {kwargs.get('encoding', 'utf-8')} text ({err.reason})") from None
 
 
-def _label(frame: pd.DataFrame, threshold: float = 4.0) -> pd.DataFrame:
+def add_labels(frame: pd.DataFrame, threshold: float = 4.0) -> pd.DataFrame:
     frame["label"] = (frame["rating"] >= threshold).astype(np.int8)
     return frame
 
@@ -124,7 +124,7 @@ def _double_colon(path: Path, names: list[str], numeric: list[str], expected: st
         raise InputError(f"{path}: line {number}: expected {expected}, got {_line_of(path, number, 'latin-1')!r}")
     frame = frame.iloc[:, 0::2]
     frame.columns = names
-    return _check_numeric(frame, numeric, path, expected, 0, "latin-1")
+    return check_numeric(frame, numeric, path, expected, 0, "latin-1")
 
 
 def _first_line_without(path: Path, fields: int) -> int | None:
@@ -137,9 +137,9 @@ def _first_line_without(path: Path, fields: int) -> int | None:
 
 
 def load_movielens_1m(folder: Path) -> RawData:
-    ratings_path = _require(folder / "ratings.dat")
-    users_path = _require(folder / "users.dat")
-    movies_path = _require(folder / "movies.dat")
+    ratings_path = require_file(folder / "ratings.dat")
+    users_path = require_file(folder / "users.dat")
+    movies_path = require_file(folder / "movies.dat")
     ratings = _double_colon(
         ratings_path, ["user", "item", "rating", "timestamp"], ["user", "item", "rating", "timestamp"],
         "UserID::MovieID::Rating::Timestamp (numbers)",
@@ -163,23 +163,23 @@ def _finish_movielens(name, ratings, users, tags, files) -> RawData:
     users = users.astype({"user": np.int64}).drop_duplicates("user").set_index("user")
     for column in ("gender", "age", "occupation"):
         ratings[column] = ratings["user"].map(users[column]).astype(str)
-    check_labels(_label(ratings), files[0])
+    check_labels(add_labels(ratings), files[0])
     return RawData(name, ratings, tags, files)
 
 
 def load_movielens_100k(folder: Path) -> RawData:
-    data_path = _require(folder / "u.data")
-    user_path = _require(folder / "u.user")
-    item_path = _require(folder / "u.item")
-    ratings = _read_table(
+    data_path = require_file(folder / "u.data")
+    user_path = require_file(folder / "u.user")
+    item_path = require_file(folder / "u.item")
+    ratings = read_table(
         data_path, sep="\t", header=None, names=["user", "item", "rating", "timestamp"], dtype=str,
         keep_default_na=False,
     )
-    ratings = _check_numeric(ratings, ["user", "item", "rating", "timestamp"], data_path,
+    ratings = check_numeric(ratings, ["user", "item", "rating", "timestamp"], data_path,
                              "user id<TAB>item id<TAB>rating<TAB>timestamp (numbers)", 0)
-    users = _read_table(user_path, sep="|", header=None, names=["user", "age", "gender", "occupation", "zip"],
+    users = read_table(user_path, sep="|", header=None, names=["user", "age", "gender", "occupation", "zip"],
                         dtype=str, keep_default_na=False, encoding="latin-1")
-    users = _check_numeric(users, ["user", "age"], user_path, "user id|age|gender|occupation|zip code", 0, "latin-1")
+    users = check_numeric(users, ["user", "age"], user_path, "user id|age|gender|occupation|zip code", 0, "latin-1")
     # Bucket ages as MovieLens-1M does, so both releases share one feature definition.
     bucket = np.searchsorted(ML1M_AGE_BUCKETS, users["age"].to_numpy(), side="right") - 1
     users["age"] = np.array(ML1M_AGE_BUCKETS)[np.maximum(bucket, 0)]
@@ -199,26 +199,26 @@ def load_movielens_100k(folder: Path) -> RawData:
 
 
 def load_ml_latest_small(folder: Path) -> RawData:
-    ratings_path = _require(folder / "ratings.csv")
-    movies_path = _require(folder / "movies.csv")
-    ratings = _read_table(ratings_path, dtype=str, keep_default_na=False)
+    ratings_path = require_file(folder / "ratings.csv")
+    movies_path = require_file(folder / "movies.csv")
+    ratings = read_table(ratings_path, dtype=str, keep_default_na=False)
     expected = ["userId", "movieId", "rating", "timestamp"]
     if list(ratings.columns) != expected:
         got = ",".join(ratings.columns)
         raise InputError(f"{ratings_path}: line 1: expected header {','.join(expected)}, got {got}")
     ratings.columns = ["user", "item", "rating", "timestamp"]
-    ratings = _check_numeric(ratings, ["user", "item", "rating", "timestamp"], ratings_path,
+    ratings = check_numeric(ratings, ["user", "item", "rating", "timestamp"], ratings_path,
                              "userId,movieId,rating,timestamp (numbers)", 1)
     ratings = ratings.astype({"user": np.int64, "item": np.int64, "timestamp": np.int64})
-    movies = _read_table(movies_path, dtype=str, keep_default_na=False)
+    movies = read_table(movies_path, dtype=str, keep_default_na=False)
     if list(movies.columns) != ["movieId", "title", "genres"]:
         raise InputError(f"{movies_path}: line 1: expected header movieId,title,genres")
-    movies = _check_numeric(movies, ["movieId"], movies_path, "movieId,title,genres", 1)
+    movies = check_numeric(movies, ["movieId"], movies_path, "movieId,title,genres", 1)
     tags = {
         int(item): [g for g in genres.split("|") if g and g != "(no genres listed)"]
         for item, genres in zip(movies["movieId"], movies["genres"], strict=True)
     }
-    check_labels(_label(ratings), ratings_path)
+    check_labels(add_labels(ratings), ratings_path)
     return RawData("ml-latest-small", ratings, tags, [ratings_path, movies_path])
 
 
@@ -283,101 +283,9 @@ def _read_meta(path: Path, wanted: set[str]) -> dict[object, list[str]]:
 
 
 def load_amazon_electronics(folder: Path) -> RawData:
-    reviews_path = _require(folder / "reviews_Electronics_5.json.gz")
-    meta_path = _require(folder / "meta_Electronics.json.gz")
+    reviews_path = require_file(folder / "reviews_Electronics_5.json.gz")
+    meta_path = require_file(folder / "meta_Electronics.json.gz")
     reviews = _read_reviews(reviews_path)
     tags = _read_meta(meta_path, set(reviews["item"].unique()))
-    check_labels(_label(reviews), reviews_path)
+    check_labels(add_labels(reviews), reviews_path)
     return RawData("amazon-electronics", reviews, tags, [reviews_path, meta_path])
-
-
-@dataclass
-class CustomSpec:
-    """Column names of a user's own file; see README 'Your own data'."""
-
-    path: Path
-    user: str = "user"
-    item: str = "item"
-    timestamp: str = "timestamp"
-    label: str | None = "label"
-    rating: str | None = None
-    threshold: float = 4.0
-    categorical: list[str] = field(default_factory=list)
-    multi_hot: list[str] = field(default_factory=list)
-    separator: str = "|"
-
-
-def load_custom(spec: CustomSpec) -> RawData:
-    path = _require(Path(spec.path))
-    parquet = path.suffix in (".parquet", ".pq")
-    if parquet:
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as err:  # pyarrow raises several types for a bad file
-            raise InputError(f"{path}: not a readable Parquet file ({err})") from None
-        header_lines = 0
-    else:
-        frame = _read_table(path, dtype=str, keep_default_na=False)
-        header_lines = 1
-    value = spec.rating if spec.rating else spec.label
-    needed = [spec.user, spec.item, spec.timestamp, value, *spec.categorical, *spec.multi_hot]
-    for column in needed:
-        if column not in frame.columns:
-            raise InputError(f"{path}: column '{column}' not found (columns: {', '.join(map(str, frame.columns))})")
-    if len(frame) == 0:
-        raise InputError(f"{path}: no rows")
-    out = pd.DataFrame({"user": _text(frame[spec.user], path, spec.user, header_lines),
-                        "item": _text(frame[spec.item], path, spec.item, header_lines)})
-    out["timestamp"] = _unix_seconds(frame[spec.timestamp], path, spec.timestamp, header_lines)
-    out["rating"] = frame[value]
-    out = _check_numeric(out, ["timestamp", "rating"], path,
-                         f"numeric '{spec.timestamp}' (Unix seconds) and '{value}'", header_lines)
-    out["timestamp"] = out["timestamp"].astype(np.int64)
-    if spec.rating:
-        out = _label(out, spec.threshold)
-    else:
-        bad = ~out["rating"].isin([0, 1])
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputError(f"{path}: line {row + 1 + header_lines}: field '{value}' must be 0 or 1")
-        out["label"] = out["rating"].astype(np.int8)
-    check_labels(out, path)
-    for column in spec.categorical:
-        out[column] = _text(frame[column], path, column, header_lines, allow_missing=True)
-    for column in spec.multi_hot:
-        out[column] = _multi_hot(frame[column], spec.separator)
-    return RawData("custom", out, {}, [path])
-
-
-def _text(values: pd.Series, path: Path, column: str, header_lines: int, allow_missing: bool = False) -> np.ndarray:
-    """Ids and categories as text; a missing id is an error naming its line."""
-    missing = values.isna().to_numpy() | (values.astype(str).str.len() == 0).to_numpy()
-    if missing.any() and not allow_missing:
-        row = int(np.flatnonzero(missing)[0])
-        raise InputError(f"{path}: line {row + 1 + header_lines}: field '{column}' is empty")
-    text = values.astype(str).to_numpy()
-    if values.dtype.kind == "f" and not missing.any() and (values % 1 == 0).all():
-        text = values.astype(np.int64).astype(str).to_numpy()  # ids read as 12.0 are "12"
-    return text
-
-
-def _unix_seconds(values: pd.Series, path: Path, column: str, header_lines: int) -> pd.Series:
-    """Datetime columns (a normal Parquet type) as Unix seconds; numbers as they are."""
-    if isinstance(values.dtype, pd.DatetimeTZDtype) or values.dtype.kind == "M":
-        if values.isna().any():
-            row = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise InputError(f"{path}: line {row + 1 + header_lines}: field '{column}' is empty")
-        utc = values.dt.tz_convert("UTC") if isinstance(values.dtype, pd.DatetimeTZDtype) else values
-        epoch = pd.Timestamp(0, tz="UTC") if isinstance(values.dtype, pd.DatetimeTZDtype) else pd.Timestamp(0)
-        return (utc - epoch) // pd.Timedelta(seconds=1)
-    return values
-
-
-def _multi_hot(values: pd.Series, separator: str) -> np.ndarray:
-    """'a|b|c' strings, or list columns (Parquet) joined with the separator."""
-    def joined(value) -> str:
-        if isinstance(value, (list, tuple, np.ndarray)):
-            return separator.join(str(v) for v in value)
-        return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
-
-    return np.array([joined(v) for v in values], dtype=object)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError, InputError
+from ..random_streams import generator
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Split:
     new_test: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     dropped_users: int = 0
     dropped_samples: int = 0
+    training_users: int = 0  # users whose rows are split into support, query (and test)
 
     @property
     def train(self) -> np.ndarray:
@@ -51,7 +53,7 @@ def split_users(
         raise ConfigError("split fractions must lie in [0, 1) (test) and (0, 1) (query)")
     if not 0 <= new_users < 1:
         raise ConfigError(f"new_users must be in [0, 1), got {new_users}")
-    rng = np.random.default_rng(seed)
+    rng = generator(seed, "split")
     n = len(users)
     counts = np.bincount(users)
     n_train = np.rint(counts * (1 - test_fraction)).astype(np.int64)
@@ -94,6 +96,7 @@ def split_users(
         new_test=np.flatnonzero(new & ~row_train),
         dropped_users=int((~big_enough & (counts > 0)).sum()),
         dropped_samples=int((~row_kept).sum()),
+        training_users=int((big_enough & ~is_new).sum()),
     )
 
 
@@ -102,6 +105,10 @@ def require_usable(split: Split, labels: np.ndarray, dataset: str) -> None:
     if len(split.support) == 0 or len(split.query) == 0:
         raise InputError(f"dataset '{dataset}': no user has the {MIN_SAMPLES} or more samples needed to split "
                          f"into support, query and test rows ({split.dropped_users} users dropped)")
+    if split.training_users < 2:
+        raise InputError(f"dataset '{dataset}': {split.training_users} user has the {MIN_SAMPLES} or more samples "
+                         f"needed to split ({split.dropped_users} users dropped, others held out as new users): "
+                         "MetaSelector learns across users, so it needs at least 2")
     train_labels = np.unique(labels[split.train])
     if len(train_labels) < 2:
         raise InputError(f"dataset '{dataset}': the training rows hold only label {int(train_labels[0])}; "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -17,13 +17,15 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..data.features import EncodedDataset
+from ..data.dataset import EncodedDataset
 from ..data.splits import Split
 from ..models import BaseModel, ModelSettings
-from ..selection.meta import MetaSettings
+from ..random_streams import generator, int_seed
+from ..selection.meta_settings import MetaSettings
 from ..selection.selector import Selector, global_mixture_logits, start_from_mixture
 from ..selection.tasks import UserTask, sample_tasks, tasks_for
 from ..training.base_models import BaseModels, holdout_rows, train_base_models
+from ..training.pretrain import PretrainSettings
 from ..training.tensors import TensorData, predict
 
 
@@ -57,9 +59,25 @@ class _Stage:
         t.log(f"[{self.name}] {elapsed:.1f} s, peak memory so far {peak:.0f} MB")
 
 
-def model_settings(config: RunConfig) -> ModelSettings:
-    return ModelSettings(embedding_dim=config.embedding_dim, hidden=list(config.deepfm_hidden),
-                         dropout=config.dropout)
+def model_settings(config: RunConfig, name: str | None = None) -> ModelSettings:
+    """Base model `name`'s sizes: its [model_settings.<name>] table, else the shared settings."""
+    own = config.model_settings.get(name) if name is not None else None
+
+    def pick(key: str, shared):
+        value = getattr(own, key) if own is not None else None
+        return shared if value is None else value
+
+    return ModelSettings(embedding_dim=pick("embedding_dim", config.embedding_dim),
+                         hidden=list(pick("hidden", config.deepfm_hidden)), dropout=pick("dropout", config.dropout))
+
+
+def pretrain_settings(config: RunConfig, name: str) -> PretrainSettings:
+    """Base model `name`'s pretraining: [pretrain], with what its [model_settings.<name>] sets."""
+    own = config.model_settings.get(name)
+    if own is None:
+        return config.pretrain
+    keys = ("l2_embedding", "adam_lr", "epochs", "patience")
+    return replace(config.pretrain, **{k: getattr(own, k) for k in keys if getattr(own, k) is not None})
 
 
 @dataclass
@@ -117,7 +135,7 @@ class TrainingContext:
     def new_selector(self, meta: MetaSettings) -> Selector:
         """A user-level selector for the [meta] settings `meta`, initialised from the seed (and
         from the blend, with selector_start = "global-mixture")."""
-        torch.manual_seed(self.seed)
+        torch.manual_seed(int_seed(self.seed, "selector-init"))
         selector = Selector(self.data.layout, ModelSettings(self.config.embedding_dim, list(meta.selector_hidden)),
                             len(self.config.models), uses_predictions=meta.selector_uses_predictions)
         if meta.selector_start == "global-mixture":
@@ -136,21 +154,24 @@ def prepare_training(config: RunConfig, data: EncodedDataset, split: Split, seed
     device = torch.device(config.device)
     tensors = TensorData.from_encoded(data)
     holdout = holdout_rows(split.support, config.pretrain.validation_fraction, seed)
-    base = train_base_models(list(config.models), data.layout, model_settings(config), config.pretrain, tensors,
+    base = train_base_models(list(config.models), data.layout, {m: model_settings(config, m) for m in config.models},
+                             {m: pretrain_settings(config, m) for m in config.models}, tensors,
                              split.support, split.train, holdout, seed, device, progress,
                              on_support=config.meta.pretrain_on == "support", stage=timer, classes=model_classes,
                              state_dir=state_dir)
     # Meta-training never sees the base models' validation rows: they are the held-out rows on
     # which the test-time setup is checked (meta stop_on = "held-out-rows").
     all_tasks = tasks_for(data.users, np.setdiff1d(split.support, holdout), split.query)
-    order = np.random.default_rng(seed + 7).permutation(len(all_tasks))
+    order = generator(seed, "validation-users").permutation(len(all_tasks))
     n_valid = int(round(len(all_tasks) * config.meta.validation_users))
+    if config.meta.validation_users > 0:  # at least one held-out user, and one left to train on
+        n_valid = min(max(n_valid, 1), len(all_tasks) - 1)
     check_tasks = [t for t in tasks_for(data.users, np.setdiff1d(split.train, holdout), holdout) if len(t.query)]
     context = TrainingContext(
         config=config, data=data, tensors=tensors, split=split, seed=seed, device=device, holdout=holdout,
         base=base, train_tasks=[all_tasks[i] for i in order[n_valid:]],
         valid_tasks=[all_tasks[i] for i in order[:n_valid]],
-        check_tasks=sample_tasks(check_tasks, config.meta.check_users, seed + 13), timer=timer, progress=progress,
-        state_dir=state_dir)
+        check_tasks=sample_tasks(check_tasks, config.meta.check_users, int_seed(seed, "check-users")),
+        timer=timer, progress=progress, state_dir=state_dir)
     context.notes["base_model_validation_rows"] = int(len(holdout))
     return context

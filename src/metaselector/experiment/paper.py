@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..config import RunConfig
-from ..selection.meta import MetaSettings
+from ..selection.meta_settings import MetaSettings
 
 AMAZON = "amazon-electronics"
 
@@ -154,6 +154,25 @@ def deviations(config: RunConfig, row_settings: dict[str, MetaSettings]) -> list
                 grouped.setdefault((path, repr(value)), (value, expected, paper.source, []))[3].append(row)
     for (path, _), (value, expected, source, rows) in grouped.items():
         out.append(Deviation(path, value, expected, source, ", ".join(rows)))
+    return out + _model_overrides(config)
+
+
+def _model_overrides(config: RunConfig) -> list[Deviation]:
+    """A [model_settings.<model>] value set for one of the paper's four models."""
+    shared = {"embedding_dim": "embedding_dim", "hidden": "deepfm_hidden", "dropout": "dropout"}
+    out = []
+    for model in config.models:
+        own = config.model_settings.get(model)
+        if model not in PAPER["models"].movielens or own is None:
+            continue
+        for key, value in own.__dict__.items():
+            if value is None:
+                continue
+            paper = PAPER[shared[key]] if key in shared else None
+            out.append(Deviation(f"model_settings.{model}.{key}", value,
+                                 paper.value(config.dataset) if paper else "not stated",
+                                 paper.source if paper else "the paper gives one setting for all models",
+                                 "every row"))
     return out
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ..data.features import FeatureLayout
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError, MetaSelectorError
+from ..settings import AT_LEAST_ONE, POSITIVE, Interval, setting
 
 
 class Batch(NamedTuple):
@@ -32,16 +33,37 @@ class Batch(NamedTuple):
 
 @dataclass
 class ModelSettings:
-    embedding_dim: int = 10
-    hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
-    dropout: float = 0.1
-    init_std: float = 0.01
+    """What a base model's constructor reads: its sizes and initialisation (a run fills them
+    from its configuration, `experiment.context.model_settings`)."""
+
+    embedding_dim: int = setting(10, AT_LEAST_ONE)
+    hidden: list[int] = setting([256, 256, 256], AT_LEAST_ONE)
+    dropout: float = setting(0.1, Interval(0, 1, hi_open=True))
+    init_std: float = setting(0.01, POSITIVE)
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """The range `metaselector tune` searches for one [model_settings.<model>] setting: numbers
+    in [low, high] (on a log scale with `log`, whole with `integer`), or one of `choices`."""
+
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    integer: bool = False
+    choices: tuple = ()
+
+
+# Searched for every Adam-trained model unless its class declares otherwise.
+TRAINING_SPACE = {"l2_embedding": SearchParam(1e-7, 1e-1, log=True), "adam_lr": SearchParam(1e-4, 1e-2, log=True)}
 
 
 class BaseModel(nn.Module):
-    """Subclass this, set `table_names`, implement `forward(batch) -> logits [N]`."""
+    """Subclass this, set `table_names`, implement `forward(batch) -> logits [N]`; declare
+    `search_space` (setting -> SearchParam) to have `metaselector tune` search those settings."""
 
     table_names: tuple[str, ...] = ()
+    search_space: dict[str, SearchParam] = TRAINING_SPACE
 
     def __init__(self, layout: FeatureLayout, settings: ModelSettings) -> None:
         super().__init__()
@@ -130,8 +152,17 @@ def _import_file(path: Path):
     return module
 
 
-def build_model(name: str, layout: FeatureLayout, settings: ModelSettings) -> BaseModel:
-    return resolve_model(name)(layout, settings)
+def build_model(name: str, layout: FeatureLayout, settings: ModelSettings,
+                cls: type[BaseModel] | None = None) -> BaseModel:
+    """Base model `name` (of class `cls`, else resolved from the name). An exception raised by the
+    constructor of a user's model is reported on one line naming the model."""
+    cls = cls or resolve_model(name)
+    try:
+        return cls(layout, settings)
+    except MetaSelectorError:
+        raise
+    except Exception as err:  # a plug-in's own code can raise anything
+        raise InputError(f"model '{name}': its constructor raised {err.__class__.__name__}: {err}") from None
 
 
 class _GatherRows(torch.autograd.Function):

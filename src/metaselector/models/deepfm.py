@@ -5,13 +5,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import BaseModel, Batch, fm_interaction, linear_term, pool_fields, register_model, weighted_rows
+from .base import (
+    TRAINING_SPACE,
+    BaseModel,
+    Batch,
+    SearchParam,
+    fm_interaction,
+    linear_term,
+    pool_fields,
+    register_model,
+    weighted_rows,
+)
 from .layers import mlp
 
 
 @register_model("DeepFM")
 class DeepFM(BaseModel):
     table_names = ("linear", "embedding")
+    search_space = {"embedding_dim": SearchParam(4, 32, log=True, integer=True),
+                    "hidden": SearchParam(choices=("128", "256-256", "256-256-256", "400-400-400")),
+                    "dropout": SearchParam(0.0, 0.5), **TRAINING_SPACE}
 
     def __init__(self, layout, settings) -> None:
         super().__init__(layout, settings)

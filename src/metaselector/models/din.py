@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .base import BaseModel, Batch, gather_rows, pool_fields, register_model, weighted_rows
+from .base import TRAINING_SPACE, BaseModel, Batch, SearchParam, gather_rows, pool_fields, register_model, weighted_rows
 from .layers import mlp
 from .mf import ITEM_FIELDS, field_slot
 
@@ -17,6 +17,9 @@ HISTORY_FIELDS = ("user_history_movie", "user_history_item")
 @register_model("DIN")
 class DIN(BaseModel):
     table_names = ("embedding",)
+    search_space = {"embedding_dim": SearchParam(4, 32, log=True, integer=True),
+                    "hidden": SearchParam(choices=("64", "128-64", "256-128", "200-80")),
+                    "dropout": SearchParam(0.0, 0.5), **TRAINING_SPACE}
 
     def __init__(self, layout, settings) -> None:
         super().__init__(layout, settings)

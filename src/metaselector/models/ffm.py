@@ -11,12 +11,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import BaseModel, Batch, gather_rows, linear_term, pool_fields, register_model
+from .base import TRAINING_SPACE, BaseModel, Batch, SearchParam, gather_rows, linear_term, pool_fields, register_model
 
 
 @register_model("FFM")
 class FFM(BaseModel):
     table_names = ("linear", "embedding")
+    search_space = {"embedding_dim": SearchParam(2, 16, log=True, integer=True), **TRAINING_SPACE}
 
     def __init__(self, layout, settings) -> None:
         super().__init__(layout, settings)

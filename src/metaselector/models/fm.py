@@ -5,12 +5,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import BaseModel, Batch, fm_interaction, linear_term, register_model, weighted_rows
+from .base import (
+    TRAINING_SPACE,
+    BaseModel,
+    Batch,
+    SearchParam,
+    fm_interaction,
+    linear_term,
+    register_model,
+    weighted_rows,
+)
 
 
 @register_model("FM")
 class FM(BaseModel):
     table_names = ("linear", "embedding")
+    search_space = {"embedding_dim": SearchParam(4, 32, log=True, integer=True), **TRAINING_SPACE}
 
     def __init__(self, layout, settings) -> None:
         super().__init__(layout, settings)

@@ -11,6 +11,8 @@ from .base import BaseModel, Batch, linear_term, register_model
 @register_model("LR")
 class LR(BaseModel):
     table_names = ("linear",)
+    # FTRL-trained: its rates are the [pretrain] ftrl_* settings, not searched per model
+    search_space: dict = {}
 
     def __init__(self, layout, settings) -> None:
         super().__init__(layout, settings)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import BaseModel, Batch, gather_rows, register_model
+from .base import BaseModel, Batch, SearchParam, gather_rows, register_model
 
 USER_FIELDS = ("user_id",)
 ITEM_FIELDS = ("movie_id", "item_id")
@@ -25,6 +25,8 @@ def field_slot(layout, names: tuple[str, ...], model: str) -> int:
 @register_model("MF")
 class MF(BaseModel):
     table_names = ("bias_table", "embedding")
+    search_space = {"embedding_dim": SearchParam(4, 64, log=True, integer=True),
+                    "l2_embedding": SearchParam(1e-5, 1.0, log=True), "adam_lr": SearchParam(1e-4, 3e-2, log=True)}
 
     def __init__(self, layout, settings) -> None:
         super().__init__(layout, settings)

@@ -67,15 +67,8 @@ class Ensemble(nn.Module):
         """Final predicted probability [N] under the parameter dict `params`."""
         return self.mixture(params, batch)[0]
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """Probabilities [N] with the module's own parameters (ordinary, non-functional call)."""
-        stacked = torch.stack([torch.sigmoid(m(batch)) for m in self.models.values()], dim=-1)
-        if self.selector is None:
-            return stacked[:, 0]
-        return mix(self.selector(batch, stacked), stacked)
-
     def loss(self, params: dict[str, torch.Tensor], batch: Batch, labels: torch.Tensor,
-             mask: torch.Tensor | None = None, model_loss: str = "mixture") -> torch.Tensor:
+             mask: torch.Tensor | None = None, *, model_loss: str) -> torch.Tensor:
         """Mean LogLoss of the mixture; with `mask`, the mean over the rows where it is 1 (padded
         batches).
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..evaluation.metrics import sample_losses
+from ..random_streams import generator
 
 
 def perfect_sample_level(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -52,7 +53,7 @@ def split_half_choices(probabilities: np.ndarray, labels: np.ndarray, users: np.
     losses = sample_losses(labels[:, None], probabilities)
     codes, inverse = np.unique(users, return_inverse=True)
     # half 0 / 1: alternate within each user over a random order
-    order = np.lexsort((np.random.default_rng(seed).random(n), inverse))
+    order = np.lexsort((generator(seed, "split-half").random(n), inverse))
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n) - np.searchsorted(inverse[order], inverse[order])
     half = rank % 2

@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..training.early_stopping import EarlyStopping
+from ..training.loop import fit_with_early_stopping
+from ..training.state import StateFile
 from ..training.tensors import TensorData
 from .ensemble import EPS
-from .meta import MetaHistory, UserTask
+from .meta_settings import MetaHistory
 from .selector import Selector
+from .tasks import UserTask
 
 
 class SimplifiedSelector:
@@ -59,35 +61,51 @@ class SimplifiedSelector:
         return out
 
     def fit(self, data: TensorData, train_tasks: list[UserTask], valid_tasks: list[UserTask], users_per_episode: int,
-            epochs: int, patience: int, seed: int, progress: bool = True, max_episodes: int = 0) -> MetaHistory:
+            epochs: int, patience: int, seed: int, progress: bool = True, max_episodes: int = 0,
+            state: StateFile | None = None) -> MetaHistory:
         """Episodes of `users_per_episode` users; `max_episodes` caps an epoch (0: every user once),
-        the same budget MetaSelector gets."""
-        rng = np.random.default_rng(seed)
-
-        def validate() -> float:
-            with torch.no_grad():
-                self.selector.eval()
-                return float(self._loss(data, valid_tasks, [t.query for t in valid_tasks]))
-
-        stopper = EarlyStopping(patience)
-
-        def snapshot() -> dict:
-            return copy.deepcopy(self.selector.state_dict())
-
-        stopper.update(0, validate(), snapshot)
-        for epoch in range(1, epochs + 1):
-            self.selector.train()
-            order = rng.permutation(len(train_tasks))
-            if max_episodes:
-                order = order[:max_episodes * users_per_episode]
-            for start in tqdm(range(0, len(order), users_per_episode), desc=f"Simplified epoch {epoch}",
-                              disable=not progress, leave=False):
-                part = [train_tasks[i] for i in order[start:start + users_per_episode]]
-                loss = self._loss(data, part, [t.query for t in part])
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-            if stopper.update(epoch, validate(), snapshot):
-                break
-        self.selector.load_state_dict(stopper.best_state)
+        the same budget MetaSelector gets; early stopping on held-out users' query LogLoss (the
+        last epoch without them). `state`: written at epoch boundaries and resumed from."""
+        self._run = (data, train_tasks, valid_tasks, users_per_episode, max_episodes, progress,
+                     np.random.default_rng(seed))
+        stopper = fit_with_early_stopping(self, epochs, patience, state)
         return MetaHistory(stopper.best_epoch, stopper.best_value, stopper.history)
+
+    # ---- the one training loop's learner (training/loop.py) ----------------------------------
+    def train_epoch(self, epoch: int) -> dict:
+        data, tasks, _, per_episode, max_episodes, progress, rng = self._run
+        self.selector.train()
+        order = rng.permutation(len(tasks))
+        if max_episodes:
+            order = order[:max_episodes * per_episode]
+        for start in tqdm(range(0, len(order), per_episode), desc=f"Simplified epoch {epoch}", disable=not progress,
+                          leave=False):
+            part = [tasks[i] for i in order[start:start + per_episode]]
+            loss = self._loss(data, part, [t.query for t in part])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        return {}
+
+    def validate(self, epoch: int) -> tuple[float, dict]:
+        data, _, valid_tasks, *_ = self._run
+        if not valid_tasks:  # no held-out users: keep the last epoch
+            return -float(epoch), {}
+        with torch.no_grad():
+            self.selector.eval()
+            return float(self._loss(data, valid_tasks, [t.query for t in valid_tasks])), {}
+
+    def snapshot(self) -> dict:
+        return copy.deepcopy(self.selector.state_dict())
+
+    def restore(self, snapshot: dict) -> None:
+        self.selector.load_state_dict(snapshot)
+
+    def state_dict(self) -> dict:
+        return {"selector": self.selector.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": self._run[-1].bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.selector.load_state_dict(state["selector"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._run[-1].bit_generator.state = state["rng"]

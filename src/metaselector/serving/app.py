@@ -14,7 +14,6 @@ import asyncio
 import time
 from collections import Counter
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import pandas as pd
 from fastapi import FastAPI, HTTPException, Request
@@ -25,20 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stric
 from ..data.sources import TIMESTAMP_RANGE
 from ..errors import MetaSelectorError
 from .batcher import Batcher, QueueFull
+from .settings import ServeSettings
 from .store import HistoryStore
 
 RawId = StrictStr | StrictInt
 Timestamp = Field(ge=TIMESTAMP_RANGE[0], le=TIMESTAMP_RANGE[1])
-
-
-@dataclass
-class ServeSettings:
-    max_batch: int = 64  # users adapted in one vmapped call
-    queue_size: int = 256  # requests waiting; beyond it, 503
-    max_candidates: int = 1000
-    max_events: int = 1000
-    max_body_bytes: int = 1 << 20
-    history_length: int = 200  # events kept per user and used for adaptation
 
 
 class Candidate(BaseModel):

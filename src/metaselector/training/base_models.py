@@ -17,7 +17,8 @@ import torch
 
 from ..data.features import FeatureLayout
 from ..models import BaseModel, ModelSettings, build_model
-from .pretrain import PretrainResult, PretrainSettings, pretrain
+from ..random_streams import generator, int_seed
+from .pretrain import PretrainSettings, pretrain
 from .state import StateFile
 from .tensors import TensorData
 
@@ -26,52 +27,50 @@ from .tensors import TensorData
 class BaseModels:
     support: dict[str, BaseModel]  # trained on the support rows: what meta-training starts from
     singles: dict[str, BaseModel]  # the same models continued on all training rows
-    support_runs: dict[str, PretrainResult]
-    single_runs: dict[str, PretrainResult]
 
 
 def holdout_rows(support: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """The base models' validation slice: one random `fraction` of the support rows, shared by
     every model, so no base model (support-trained or continued) ever trains on it."""
-    shuffled = np.random.default_rng(seed + 11).permutation(support)
+    shuffled = generator(seed, "holdout").permutation(support)
     return np.sort(shuffled[:max(1, int(round(len(support) * fraction)))])
 
 
 def new_model(name: str, index: int, layout: FeatureLayout, settings: ModelSettings, seed: int,
               classes: dict[str, type[BaseModel]] | None = None) -> BaseModel:
-    """Model `index` of a run, initialised from its own seed."""
-    torch.manual_seed(seed * 1000 + index)
-    if classes and name in classes:
-        return classes[name](layout, settings)
-    return build_model(name, layout, settings)
+    """Model `index` of a run, initialised from its own stream."""
+    torch.manual_seed(int_seed(seed, "model-init", index))
+    return build_model(name, layout, settings, (classes or {}).get(name))
 
 
-def pretrain_models(names: list[str], layout: FeatureLayout, model_settings: ModelSettings,
-                    settings: PretrainSettings, tensors: TensorData, rows: np.ndarray, holdout: np.ndarray,
+def pretrain_models(names: list[str], layout: FeatureLayout, model_settings: dict[str, ModelSettings],
+                    settings: dict[str, PretrainSettings], tensors: TensorData, rows: np.ndarray, holdout: np.ndarray,
                     seed: int, device: torch.device, progress: bool, tag: str,
                     start: tuple[dict, dict] | None = None,
                     classes: dict[str, type[BaseModel]] | None = None,
                     state_dir: Path | None = None) -> tuple[dict, dict]:
-    """Pretrain every base model on `rows`, early-stopping on `holdout`; with `start` (earlier
-    models and their results), continue those models instead, with their optimizer state."""
+    """Pretrain every base model on `rows` with its own settings (`model_settings`, `settings`:
+    name -> settings), early-stopping on `holdout`; with `start` (earlier models and their
+    results), continue those models instead, with their optimizer state."""
     models, results = {}, {}
     for index, name in enumerate(names):
-        model = new_model(name, index, layout, model_settings, seed, classes).to(device)
+        model = new_model(name, index, layout, model_settings[name], seed, classes).to(device)
         extra: dict = {"valid_rows": holdout}
         if start is not None:
             model.load_state_dict(start[0][name].state_dict())
             extra["optimizer_state"] = start[1][name].optimizer_state
-        # Every run draws its batch order from seed + 500 (a continuation's order differs from the
-        # support run's because it shuffles a different set of rows).
-        results[name] = pretrain(model, tensors, rows, settings, seed=seed * 1000 + index + 500, device=device,
+        # Each model's support run and its continuation draw batch orders from streams of their own.
+        order = int_seed(seed, "batch-order", index, 0 if start is None else 1)
+        results[name] = pretrain(model, tensors, rows, settings[name], seed=order, device=device,
                                  progress=progress, desc=f"{name} ({tag})",
                                  state=StateFile.named(state_dir, f"pretrain-{tag}-{index}-{name}"), **extra)
         models[name] = model
     return models, results
 
 
-def train_base_models(names: list[str], layout: FeatureLayout, model_settings: ModelSettings,
-                      settings: PretrainSettings, tensors: TensorData, support: np.ndarray, train: np.ndarray,
+def train_base_models(names: list[str], layout: FeatureLayout, model_settings: dict[str, ModelSettings],
+                      settings: dict[str, PretrainSettings], tensors: TensorData, support: np.ndarray,
+                      train: np.ndarray,
                       holdout: np.ndarray, seed: int, device: torch.device, progress: bool, on_support: bool,
                       stage: Callable[[str], object],
                       classes: dict[str, type[BaseModel]] | None = None, state_dir: Path | None = None) -> BaseModels:
@@ -82,11 +81,11 @@ def train_base_models(names: list[str], layout: FeatureLayout, model_settings: M
                   state_dir=state_dir)
     if not on_support:
         with stage("pretrain base models (all training rows)"):
-            models, runs = pretrain_models(rows=train, tag="train", **common)
-        return BaseModels(models, models, runs, runs)
+            models, _ = pretrain_models(rows=train, tag="train", **common)
+        return BaseModels(models, models)
     with stage("pretrain base models (support rows)"):
         support_models, support_runs = pretrain_models(rows=support, tag="support", **common)
     with stage("continue base models on all training rows"):
         singles, single_runs = pretrain_models(rows=train, tag="train", start=(support_models, support_runs),
                                                **common)
-    return BaseModels(support_models, singles, support_runs, single_runs)
+    return BaseModels(support_models, singles)

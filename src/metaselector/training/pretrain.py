@@ -8,6 +8,7 @@ rows are never seen here.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,9 +20,10 @@ from tqdm import tqdm
 from .. import distributed
 from ..evaluation.metrics import logloss
 from ..models.base import BaseModel, Batch, gather_rows
+from ..models.layers import global_rows
 from ..settings import AT_LEAST_ONE, FRACTION_OPEN, NON_NEGATIVE, POSITIVE, setting
-from .early_stopping import EarlyStopping
 from .ftrl import FTRL
+from .loop import fit_with_early_stopping
 from .row_state import LazyRowAdam
 from .state import StateFile
 from .tensors import TensorData, predict
@@ -165,7 +167,8 @@ def train_epoch(model: BaseModel, optimizer: torch.optim.Optimizer, data: Tensor
     for step, start in enumerate(bar, start=1):
         part = order[start:start + settings.batch_size]
         batch, labels = data.batch(part[group.rank::group.world], device)
-        loss, objective, finish = _batch_loss(model, optimizer, batch, labels, settings, len(part))
+        with global_rows(len(part), group.rank, group.world):  # dropout masks of the global batch
+            loss, objective, finish = _batch_loss(model, optimizer, batch, labels, settings, len(part))
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         finish()
@@ -188,6 +191,7 @@ def pretrain(
     valid_rows: np.ndarray | None = None,
     optimizer_state: dict | None = None,
     state: StateFile | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> PretrainResult:
     """Train `model` on `rows` (a validation slice of them held out), keep the best epoch.
 
@@ -201,36 +205,51 @@ def pretrain(
     optimizer = make_optimizer(model, settings)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
-    generator = torch.Generator().manual_seed(seed)
-    valid_labels = data.labels[valid_rows].numpy()
-    stopper = EarlyStopping(settings.patience, tolerance=1e-5)
+    learner = _PretrainEpochs(model, optimizer, data, train_rows, valid_rows, settings,
+                              torch.Generator().manual_seed(seed), device, progress, desc)
+    # A warm start's starting weights are epoch 0, kept if no epoch improves on them.
+    stopper = fit_with_early_stopping(learner, settings.epochs, settings.patience, state, tolerance=1e-5,
+                                      start_counts=optimizer_state is not None, on_epoch=on_epoch)
+    model.eval()
+    best_optimizer = stopper.best_state["optimizer"] if stopper.best_state else {}
+    return PretrainResult(stopper.best_epoch, stopper.best_value, stopper.history, best_optimizer, valid_rows)
 
-    def validation_loss() -> float:
-        return logloss(valid_labels, predict(model, data, valid_rows, device=device))
 
-    def snapshot() -> dict:
-        return {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict())}
+class _PretrainEpochs:
+    """One base model's pretraining, as a learner of the one training loop (training/loop.py)."""
 
-    saved = state.load() if state is not None else None
-    if saved is not None and saved["finished"]:
-        model.load_state_dict(saved["model"])
-        model.eval()
-        return PretrainResult(**saved["result"], valid_rows=valid_rows)
-    if saved is not None:
-        _restore(saved, model, optimizer, generator, stopper)
-    elif optimizer_state is not None:  # warm start: the starting weights are epoch 0
-        stopper.update(0, validation_loss(), snapshot)
-    for epoch in range(stopper.epoch + 1, settings.epochs + 1):
-        running = train_epoch(model, optimizer, data, train_rows, settings, generator, device,
-                              progress, f"{desc} epoch {epoch}")
-        stop = stopper.update(epoch, validation_loss(), snapshot, train_loss=running)
-        if state is not None:
-            state.save({"finished": False, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                        "stopper": stopper.state_dict()})
-        if stop:
-            break
-    return _finish(model, stopper, valid_rows, state)
+    def __init__(self, model: BaseModel, optimizer, data: TensorData, train_rows: np.ndarray, valid_rows: np.ndarray,
+                 settings: PretrainSettings, generator: torch.Generator, device, progress: bool, desc: str) -> None:
+        self.model, self.optimizer, self.data, self.settings = model, optimizer, data, settings
+        self.train_rows, self.valid_rows, self.generator = train_rows, valid_rows, generator
+        self.device, self.progress, self.desc = device, progress, desc
+        self.valid_labels = data.labels[valid_rows].numpy()
+
+    def train_epoch(self, epoch: int) -> dict:
+        return {"train_loss": train_epoch(self.model, self.optimizer, self.data, self.train_rows, self.settings,
+                                          self.generator, self.device, self.progress, f"{self.desc} epoch {epoch}")}
+
+    def validate(self, epoch: int) -> tuple[float, dict]:
+        return logloss(self.valid_labels, predict(self.model, self.data, self.valid_rows, device=self.device)), {}
+
+    def snapshot(self) -> dict:
+        """The weights, and the optimizer state a warm start continues from."""
+        return {"model": copy.deepcopy(self.model.state_dict()),
+                "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+
+    def restore(self, snapshot: dict) -> None:
+        self.model.load_state_dict(snapshot["model"])
+
+    def state_dict(self) -> dict:
+        """Weights, optimizer, and both random generators (batch order, dropout)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
 
 
 def _split_validation(rows: np.ndarray, valid_rows: np.ndarray | None, fraction: float, seed: int):
@@ -240,27 +259,3 @@ def _split_validation(rows: np.ndarray, valid_rows: np.ndarray | None, fraction:
     shuffled = np.random.default_rng(seed).permutation(rows)
     n_valid = max(1, int(round(len(rows) * fraction)))
     return np.sort(shuffled[:n_valid]), shuffled[n_valid:]
-
-
-def _restore(saved: dict, model: BaseModel, optimizer, generator: torch.Generator, stopper: EarlyStopping) -> None:
-    """Continue from an epoch boundary: weights, optimizer, both RNGs (batch order, dropout)."""
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    generator.set_state(saved["generator"])
-    torch.set_rng_state(saved["torch_rng"])
-    stopper.load_state_dict(saved["stopper"])
-
-
-def _finish(model: BaseModel, stopper: EarlyStopping, valid_rows: np.ndarray, state: StateFile | None
-            ) -> PretrainResult:
-    """Keep the best epoch's weights (and its optimizer state, for a warm start); record it."""
-    best = stopper.best_state or {"model": None, "optimizer": {}}
-    if best["model"] is not None:
-        model.load_state_dict(best["model"])
-    model.eval()
-    result = PretrainResult(stopper.best_epoch, stopper.best_value, stopper.history, best["optimizer"], valid_rows)
-    if state is not None:
-        state.save({"finished": True, "model": model.state_dict(),
-                    "result": {"best_epoch": result.best_epoch, "validation_logloss": result.validation_logloss,
-                               "history": result.history, "optimizer_state": result.optimizer_state}})
-    return result

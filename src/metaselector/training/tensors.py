@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.features import EncodedDataset
+from ..data.dataset import EncodedDataset
 from ..models.base import Batch
 
 

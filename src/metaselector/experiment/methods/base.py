@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...selection.meta import MetaSettings
+from ...selection.meta_settings import MetaSettings
 from ...selection.tasks import UserTask
 from ..context import TrainingContext
 

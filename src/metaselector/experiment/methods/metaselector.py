@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...selection.meta import MetaSettings
+from ...selection.meta_settings import MetaSettings
 from ..context import TrainingContext
 from ..meta_training import meta_train, per_model_learner
 from ..paper import paper_meta, start_description

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...random_streams import int_seed
 from ...selection.simplified import SimplifiedSelector
+from ...training.state import StateFile
 from ..context import TrainingContext
-from ..meta_training import refits
+from ..meta_training import carries_over
 from ..paper import paper_meta
 from .base import Method
 
@@ -31,9 +33,11 @@ class Simplified(Method):
             self.model = SimplifiedSelector(context.new_selector(meta), learned_on, meta.selector_outer_lr,
                                             context.device)
             history = self.model.fit(context.tensors, context.train_tasks, context.valid_tasks,
-                                     meta.users_per_episode, meta.epochs, meta.patience, context.seed,
-                                     context.progress, max_episodes=meta.max_episodes)
-            if refits(meta):
+                                     meta.users_per_episode, meta.epochs, meta.patience,
+                                     int_seed(context.seed, "simplified"),
+                                     context.progress, max_episodes=meta.max_episodes,
+                                     state=StateFile.named(context.state_dir, "simplified"))
+            if carries_over(meta):
                 self.model.base = context.single_probabilities.float()
         return {"best_epoch": history.best_epoch, "validation_logloss": history.best_validation}
 

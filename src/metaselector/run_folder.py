@@ -2,7 +2,7 @@
 
 `run.json` says which command, configuration, seed and data the folder's files come from; a
 lock file keeps a second run out while one is writing. A rerun with another configuration is
-refused unless forced (then the old training state is cleared); `--resume` continues only the
+refused unless forced (then the old training state is cleared); resuming continues only the
 same run; training state lives under `state/`.
 """
 
@@ -13,9 +13,9 @@ import json
 import shutil
 from pathlib import Path
 
-from .. import distributed
-from ..errors import ConfigError
-from ..io_utils import atomic_write_text
+from . import distributed
+from .errors import ConfigError
+from .io_utils import atomic_write_text
 
 MARKER = "run.json"
 RESULT_FILES = ("results.json", "manifest.json")
@@ -83,11 +83,11 @@ class RunDirectory:
         if self.resume and difference:
             raise ConfigError(f"{self.path}: cannot resume: '{difference}' differs from the run in this folder")
         if not self.force and old is None and any((self.path / f).exists() for f in RESULT_FILES):
-            raise ConfigError(f"{self.path}: holds results of an unknown run; force (--force) replaces them; "
+            raise ConfigError(f"{self.path}: holds results of an unknown run; forcing (force) replaces them; "
                               "or choose another folder")
         if not self.force and difference:
-            raise ConfigError(f"{self.path}: holds a run whose '{difference}' differs; resume (--resume) only "
-                              "continues the same run; force (--force) replaces it; or choose another folder")
+            raise ConfigError(f"{self.path}: holds a run whose '{difference}' differs; resuming (resume) only "
+                              "continues the same run; forcing (force) replaces it; or choose another folder")
         if not self.resume:
             shutil.rmtree(self.state_dir, ignore_errors=True)  # a fresh run never reuses old state
         atomic_write_text(marker, json.dumps(self.identity, indent=1, sort_keys=True) + "\n")

@@ -1,0 +1,97 @@
+"""`score` and `serve`: using a saved model."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from .. import distributed
+from ..serving.settings import ServeSettings
+from .group import cli, join_ranks
+
+# serve's limits default to ServeSettings' own, declared once there
+SERVE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ServeSettings)}
+
+
+@cli.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True, help="A saved model folder.")
+@click.option("--history", "history_file", type=click.Path(path_type=Path), required=True,
+              help="CSV or Parquet: user,item,rating,timestamp (or label instead of rating).")
+@click.option("--candidates", "candidates_file", type=click.Path(path_type=Path), required=True,
+              help="CSV or Parquet: user,item,timestamp.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="CSV or Parquet (by suffix); default: CSV on standard output.")
+@click.option("--model-class", "model_class", multiple=True, metavar="MODULE:CLASS|FILE.py:CLASS",
+              help="Your own base model, as named when training (a saved model never imports one itself).")
+def score(model_dir: Path, history_file: Path, candidates_file: Path, out: Path | None,
+          model_class: tuple[str, ...]) -> None:
+    """Adapt to each user's history and score their candidates."""
+    from ..estimator import MetaSelector
+    from ..models import resolve_model
+    from ..scoring import read_events, score_frame, write_table
+
+    classes = {name: resolve_model(name, where="--model-class") for name in model_class}
+    model = MetaSelector.load(model_dir, model_classes=classes)
+    join_ranks(model.config_.device)
+    scored = score_frame(model, read_events(history_file, needs_label=True), read_events(candidates_file))
+    if not distributed.current().main:
+        return
+    if out is None:
+        click.echo(scored.to_csv(index=False), nl=False)
+    else:
+        write_table(scored, out)
+        click.echo(f"wrote {len(scored)} scored candidates to {out}", err=True)
+
+
+@cli.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True, help="A saved model folder.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--history-db", type=click.Path(path_type=Path), default=Path("history.sqlite"), show_default=True,
+              help="SQLite file of users' recent events (created if missing).")
+@click.option("--history-length", type=click.IntRange(min=1), default=None,
+              help="Events kept per user and used to adapt (default: the model's serve_history_length, 200).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=SERVE_DEFAULTS["max_batch"], show_default=True,
+              help="Users adapted together in one call (1: no batching).")
+@click.option("--queue-size", type=click.IntRange(min=1), default=SERVE_DEFAULTS["queue_size"], show_default=True,
+              help="Requests that may wait; beyond, 503 with Retry-After.")
+@click.option("--max-candidates", type=click.IntRange(min=1), default=SERVE_DEFAULTS["max_candidates"],
+              show_default=True)
+@click.option("--max-events", type=click.IntRange(min=1), default=SERVE_DEFAULTS["max_events"],
+              show_default=True)
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=SERVE_DEFAULTS["max_body_bytes"],
+              show_default=True)
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="torch threads (0: default).")
+@click.option("--model-class", "model_class", multiple=True, metavar="MODULE:CLASS|FILE.py:CLASS",
+              help="Your own base model, as named when training.")
+def serve(model_dir, host, port, history_db, history_length, max_batch, queue_size, max_candidates, max_events,
+          max_body_bytes, threads, model_class) -> None:
+    """Serve the model over HTTP: adapt to a user's recent history, score candidates (docs at /docs)."""
+    import torch
+    import uvicorn
+
+    from ..estimator import MetaSelector
+    from ..models import resolve_model
+    from ..serving import limit_malloc_arenas
+    from ..serving.app import create_app
+    from ..serving.store import SQLiteHistoryStore
+
+    limit_malloc_arenas()
+    if threads:
+        torch.set_num_threads(threads)
+    classes = {name: resolve_model(name, where="--model-class") for name in model_class}
+    model = MetaSelector.load(model_dir, model_classes=classes)
+    settings = ServeSettings(max_batch=max_batch, queue_size=queue_size, max_candidates=max_candidates,
+                             max_events=max_events, max_body_bytes=max_body_bytes,
+                             history_length=history_length or model.config_.serve_history_length)
+    try:
+        store = SQLiteHistoryStore(history_db, keep=settings.history_length)
+    except Exception as err:  # sqlite3 raises several types for a path it cannot use
+        from ..errors import InputError
+
+        raise InputError(f"{history_db}: cannot open the history store ({err})") from None
+    app = create_app(model, store, settings)
+    click.echo(f"serving {model_dir} on http://{host}:{port} (docs at /docs)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)

@@ -1,0 +1,71 @@
+"""The [meta] settings: MetaSelector's meta-training and meta-testing (paper 5.3).
+
+Defaults are this project's validated settings; the paper row takes the paper's values for the
+settings that define its method (experiment/paper.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..settings import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Interval, Options, setting
+
+
+@dataclass
+class MetaSettings:
+    """The [meta] table: MetaSelector's meta-training and meta-testing (paper 5.3)."""
+
+    users_per_episode: int = setting(10, AT_LEAST_ONE)
+    inner_steps: int = setting(1, AT_LEAST_ONE)
+    inner_lr: float = setting(0.001, POSITIVE)  # Meta-SGD alpha's initial value
+    outer_lr: float = setting(0.0001, POSITIVE)  # beta = alpha / 10
+    selector_outer_lr: float = setting(0.001, POSITIVE)
+    # Meta-SGD rates learn faster than theta: 1e-2 won on held-out users' query LogLoss over
+    # 1e-4 (= outer_lr, the paper's single beta), 1e-3 and 5e-2. 0 means: the same as outer_lr.
+    alpha_outer_lr: float = setting(0.01, NON_NEGATIVE)
+    epochs: int = setting(8, AT_LEAST_ONE)
+    patience: int = setting(2, AT_LEAST_ONE)
+    first_order: bool = setting(False)
+    learn_inner_lr: bool = setting(True)
+    max_episodes: int = setting(0, NON_NEGATIVE)  # per epoch; 0 = every meta-training user once
+    # Training users held out of meta-training; their query LogLoss is recorded every epoch.
+    validation_users: float = setting(0.1, Interval(0, 1, hi_open=True))
+    # What stops meta-training (and picks its best epoch). "held-out-rows": the test-time setup
+    # itself on rows no model has trained on: the selector and theta change applied to the
+    # single models, each checked user adapting on their other training rows and predicting
+    # their rows of the base models' shared validation slice (which meta-training never sees).
+    # "held-out-users": the query LogLoss of held-out training users, with the models
+    # meta-training uses (the paper's meta-validation).
+    stop_on: str = setting("held-out-rows", Options(("held-out-rows", "held-out-users")))
+    check_users: int = setting(2000, AT_LEAST_ONE)  # users sampled for "held-out-rows"
+    selector_hidden: list[int] = setting([200, 200, 200], AT_LEAST_ONE, non_empty=True)
+    # "global-mixture": the selector starts from the best single blend of the base models on the
+    # meta-training query rows (the Global Blend row); "uniform": from equal weights. With early
+    # stopping on the test-time setup, meta-training is kept only where it beats its start, so
+    # the start should be the best fixed blend.
+    selector_start: str = setting("global-mixture", Options(("uniform", "global-mixture")))
+    selector_uses_predictions: bool = setting(True)  # chosen by held-out users' query LogLoss
+    # What each base model's parameters descend, in the inner step and the outer step: "mixture"
+    # (the paper: the mixture's LogLoss) or "own" (the model's own LogLoss; the selector still
+    # descends the mixture's). See Ensemble.loss. "own" won on held-out rows (README, Findings).
+    model_loss: str = setting("own", Options(("mixture", "own")))
+    # Where the base models' theta and Meta-SGD rates start meta-training: "pretrained" (the
+    # paper) or "adapted": from each model's own per-user-adaptation meta-training (the model
+    # alone, no selector; the "<model> + per-user adaptation" rows), so that the joint stage
+    # starts from every model adapting well and is kept only where the selector adds to it.
+    # "adapted" won on held-out rows (README, Findings).
+    model_start: str = setting("adapted", Options(("pretrained", "adapted")))
+    # Which rows the meta-learned base models are pretrained on: "support" keeps the query sets
+    # out-of-sample for the selector (the single models are then these models trained on, warm,
+    # over all training rows); "train" uses all training rows.
+    pretrain_on: str = setting("support", Options(("support", "train")))
+    # With pretrain_on = "support": at test time every selector is applied to the single models
+    # (support models continued on all training rows), carrying over meta-training's theta change.
+    refit_base_models: bool = setting(True)
+
+
+@dataclass
+class MetaHistory:
+    best_epoch: int = 0
+    best_validation: float = float("inf")
+    epochs: list[dict] = field(default_factory=list)

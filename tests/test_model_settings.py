@@ -1,0 +1,47 @@
+"""Per-model settings: [model_settings.<model>] tables that fall back to the shared settings."""
+
+import pytest
+
+from metaselector.config import RunConfig, load_config
+from metaselector.errors import ConfigError
+from metaselector.experiment.context import model_settings, pretrain_settings
+from metaselector.experiment.paper import deviations, paper_meta
+from metaselector.models import build_model
+
+
+def test_a_models_own_table_overrides_only_what_it_sets(tmp_path):
+    (tmp_path / "c.toml").write_text('models = ["LR", "FM", "MF"]\n[pretrain]\nadam_lr = 0.002\n'
+                                     '[model_settings.MF]\nembedding_dim = 16\nl2_embedding = 0.03\n'
+                                     '[model_settings.DIN]\nhidden = [64]\n')  # DIN is not in the run: ignored
+    config = load_config("movielens-1m", tmp_path / "c.toml")
+    mf, fm = model_settings(config, "MF"), model_settings(config, "FM")
+    assert (mf.embedding_dim, fm.embedding_dim) == (16, 10) and mf.hidden == fm.hidden == [256, 256, 256]
+    assert pretrain_settings(config, "MF").l2_embedding == 0.03 and pretrain_settings(config, "FM").l2_embedding == 1e-6
+    assert pretrain_settings(config, "MF").adam_lr == pretrain_settings(config, "FM").adam_lr == 0.002
+    written = config.to_toml()
+    mf_table = written.split("[model_settings.MF]")[1].split("[model_settings.DIN]")[0]
+    assert "embedding_dim = 16" in mf_table and "hidden" not in mf_table
+
+
+def test_the_built_model_has_its_own_sizes(ml1m_fixture):
+    config = RunConfig.from_dict({"models": ["FM", "MF"], "model_settings": {"MF": {"embedding_dim": 7}}})
+    assert build_model("MF", ml1m_fixture.layout, model_settings(config, "MF")).embedding.shape[1] == 7
+    assert build_model("FM", ml1m_fixture.layout, model_settings(config, "FM")).embedding.shape[1] == 10
+
+
+@pytest.mark.parametrize("table,needle", [({"MF": {"embedding_dim": 0}}, "model_settings.MF.embedding_dim"),
+                                          ({"MF": {"colour": 1}}, "unknown setting 'model_settings.MF.colour'"),
+                                          ({"MF": 3}, "[model_settings.MF] must be a table"),
+                                          ({"MF": {"dropout": 1.5}}, "model_settings.MF.dropout")])
+def test_bad_model_tables_are_refused_on_read(table, needle):
+    with pytest.raises(ConfigError) as raised:
+        RunConfig.from_dict({"model_settings": table})
+    assert needle in str(raised.value)
+
+
+def test_an_override_of_a_paper_model_is_a_deviation():
+    config = RunConfig.from_dict({"dataset": "movielens-1m", "model_settings": {"FM": {"embedding_dim": 16},
+                                                                               "MF": {"embedding_dim": 16}}})
+    found = {d.setting: d for d in deviations(config, {"paper": paper_meta(config.meta)})}
+    assert found["model_settings.FM.embedding_dim"].paper == 10
+    assert "model_settings.MF.embedding_dim" not in found  # MF is not one of the paper's models (nor in the run)
