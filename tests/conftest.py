@@ -1,6 +1,13 @@
 import collections
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
+import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +86,71 @@ def make_episode(ml1m_fixture):
     return make
 
 
+SERVE_TINY = {"embedding_dim": 4, "deepfm_hidden": [8], "pretrain": {"epochs": 1, "batch_size": 256},
+              "meta": {"epochs": 1, "selector_hidden": [8]}}
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    import torch
+
+    import metaselector
+
+    torch.set_num_threads(1)
+    data = metaselector.load_data("movielens-1m", FIXTURES / "ml-1m")
+    folder = tmp_path_factory.mktemp("serve") / "model"
+    metaselector.MetaSelector(config=SERVE_TINY).fit(data).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def events():
+    import metaselector
+
+    data = metaselector.load_data("movielens-1m", FIXTURES / "ml-1m")
+    vocab = data.encoder.vocabularies
+    return pd.DataFrame({"user": np.asarray(vocab["@user"])[data.users], "item": np.asarray(vocab["@item"])[data.items],
+                         "rating": data.labels * 4 + 1, "timestamp": data.timestamps})
+
+
+class ServeProcess:
+    """`metaselector serve` in a subprocess on a free port of 127.0.0.1."""
+
+    def __init__(self, model_dir: Path, db: Path, *options: str) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "metaselector", "serve", "--model", str(model_dir), "--port", str(self.port),
+             "--history-db", str(db), "--threads", "1", *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+            if self.process.poll() is not None:
+                raise RuntimeError(self.process.stderr.read().decode())
+        raise RuntimeError("server did not start")
+
+    def post(self, path: str, body, **kwargs) -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", json=body, timeout=60, **kwargs)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+
+@pytest.fixture(scope="session")
+def serve_process():
+    """The class that starts `metaselector serve` in a subprocess (ServeProcess)."""
+    return ServeProcess
+
+
 OUTCOMES = pytest.StashKey[collections.Counter]()
 
 
@@ -94,6 +166,11 @@ def outcomes(request):
 
 def pytest_terminal_summary(terminalreporter, config):
     counts = config.stash.get(OUTCOMES, None)
+    http = {k: v for k, v in (counts or {}).items() if k.startswith("http")}
+    if http:
+        terminalreporter.write_line("generated HTTP requests: " + ", ".join(f"{v} {k[5:]}" for k, v in sorted(
+            http.items())) + f" ({sum(http.values())} in all); a 500 fails its test")
+    counts = {k: v for k, v in (counts or {}).items() if not k.startswith("http")}
     if counts:
         terminalreporter.write_line(
             f"bad-input cases: {sum(counts.values())} passed checks ({counts['clean error']} clean errors, "

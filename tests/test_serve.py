@@ -2,76 +2,22 @@
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import metaselector as ms
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-TINY = {"embedding_dim": 4, "deepfm_hidden": [8], "pretrain": {"epochs": 1, "batch_size": 256},
-        "meta": {"epochs": 1, "selector_hidden": [8]}}
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.set_num_threads(1)
-    data = ms.load_data("movielens-1m", FIXTURES / "ml-1m")
-    folder = tmp_path_factory.mktemp("serve") / "model"
-    ms.MetaSelector(config=TINY).fit(data).save(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def events():
-    data = ms.load_data("movielens-1m", FIXTURES / "ml-1m")
-    vocab = data.encoder.vocabularies
-    return pd.DataFrame({"user": np.asarray(vocab["@user"])[data.users], "item": np.asarray(vocab["@item"])[data.items],
-                         "rating": data.labels * 4 + 1, "timestamp": data.timestamps})
-
-
-class Server:
-    def __init__(self, model_dir: Path, db: Path, *options: str) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "metaselector", "serve", "--model", str(model_dir), "--port", str(self.port),
-             "--history-db", str(db), "--threads", "1", *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-            if self.process.poll() is not None:
-                raise RuntimeError(self.process.stderr.read().decode())
-        raise RuntimeError("server did not start")
-
-    def post(self, path: str, body, **kwargs) -> httpx.Response:
-        return httpx.post(f"{self.url}{path}", json=body, timeout=60, **kwargs)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-
-
 @pytest.fixture
-def server(model_dir, tmp_path):
-    s = Server(model_dir, tmp_path / "history.sqlite")
+def server(model_dir, tmp_path, serve_process):
+    s = serve_process(model_dir, tmp_path / "history.sqlite")
     yield s
     s.stop()
 
@@ -101,9 +47,9 @@ def test_scores_equal_offline_predictions(server, model_dir, events):
     assert httpx.get(f"{server.url}/docs").status_code == 200
 
 
-def test_stored_history_is_used_and_survives_kill_9(model_dir, tmp_path, events):
+def test_stored_history_is_used_and_survives_kill_9(model_dir, tmp_path, events, serve_process):
     db = tmp_path / "history.sqlite"
-    server = Server(model_dir, db)
+    server = serve_process(model_dir, db)
     user = events.user.unique()[4]
     body, history, candidates = _request(events, user, with_history=False)
     stranger = server.post("/v1/score", {**body, "user": "stranger"}).json()
@@ -114,7 +60,7 @@ def test_stored_history_is_used_and_survives_kill_9(model_dir, tmp_path, events)
     assert answer.status_code == 200 and answer.json()["history_events"] == len(stored)
     os.kill(server.process.pid, signal.SIGKILL)  # right after the acknowledgement
     server.process.wait()
-    server = Server(model_dir, db)
+    server = serve_process(model_dir, db)
     try:
         kept = httpx.get(f"{server.url}/v1/users/{user}/history").json()["events"]
         assert [e["item"] for e in kept] == [e["item"] for e in stored]
@@ -126,8 +72,8 @@ def test_stored_history_is_used_and_survives_kill_9(model_dir, tmp_path, events)
         server.stop()
 
 
-def test_bad_requests_get_4xx_naming_the_field_and_the_server_keeps_serving(model_dir, tmp_path, events):
-    server = Server(model_dir, tmp_path / "h.sqlite", "--max-candidates", "5", "--max-body-bytes", "4000")
+def test_bad_requests_get_4xx_naming_the_field_and_the_server_keeps_serving(model_dir, tmp_path, events, serve_process):
+    server = serve_process(model_dir, tmp_path / "h.sqlite", "--max-candidates", "5", "--max-body-bytes", "4000")
     try:
         good, _, _ = _request(events, events.user.unique()[0])
         good["history"] = good["history"][:10]
@@ -171,8 +117,8 @@ def test_32_concurrent_clients_get_correct_scores(server, model_dir, events):
     assert sum(int(k) * v for k, v in sizes.items()) == 32
 
 
-def test_a_flood_on_a_tiny_queue_gets_503_with_retry_after(model_dir, tmp_path, events):
-    server = Server(model_dir, tmp_path / "h.sqlite", "--queue-size", "1", "--max-batch", "1")
+def test_a_flood_on_a_tiny_queue_gets_503_with_retry_after(model_dir, tmp_path, events, serve_process):
+    server = serve_process(model_dir, tmp_path / "h.sqlite", "--queue-size", "1", "--max-batch", "1")
     try:
         body, _, _ = _request(events, events.user.unique()[0])
         with ThreadPoolExecutor(48) as pool:
@@ -185,8 +131,8 @@ def test_a_flood_on_a_tiny_queue_gets_503_with_retry_after(model_dir, tmp_path, 
         server.stop()
 
 
-def test_sigterm_lets_in_flight_requests_finish(model_dir, tmp_path, events):
-    server = Server(model_dir, tmp_path / "h.sqlite", "--max-batch", "1")
+def test_sigterm_lets_in_flight_requests_finish(model_dir, tmp_path, events, serve_process):
+    server = serve_process(model_dir, tmp_path / "h.sqlite", "--max-batch", "1")
     user = events.user.unique()[0]
     body, _, _ = _request(events, user)
     assert server.post("/v1/events", {"user": "someone", "events": body["history"][:3]}).status_code == 200

@@ -63,21 +63,41 @@ def score(model_dir: Path, history_file: Path, candidates_file: Path, out: Path 
               show_default=True)
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=SERVE_DEFAULTS["max_body_bytes"],
               show_default=True)
+@click.option("--max-future-seconds", type=click.IntRange(min=0), default=SERVE_DEFAULTS["max_future_seconds"],
+              show_default=True, help="How far ahead of the server's clock a stored event may be dated.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=SERVE_DEFAULTS["max_connections"],
+              show_default=True, help="Open connections; beyond, 503.")
+@click.option("--body-read-seconds", type=click.FloatRange(min=0, min_open=True),
+              default=SERVE_DEFAULTS["body_read_seconds"], show_default=True,
+              help="Time to receive a request body; beyond, 408.")
+@click.option("--history-retention-days", "retention_days", type=click.FloatRange(min=0),
+              default=SERVE_DEFAULTS["retention_days"], show_default=True,
+              help="Stored events older than this are dropped (0: kept until a cap drops them).")
+@click.option("--api-keys", "api_keys", type=click.Path(path_type=Path), default=None,
+              help="File of API keys and their scopes (score, events, history, admin), one per line.")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without --api-keys.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="torch threads (0: default).")
 @click.option("--model-class", "model_class", multiple=True, metavar="MODULE:CLASS|FILE.py:CLASS",
               help="Your own base model, as named when training.")
 def serve(model_dir, host, port, history_db, history_length, max_batch, queue_size, max_candidates, max_events,
-          max_body_bytes, threads, model_class) -> None:
+          max_body_bytes, max_future_seconds, max_connections, body_read_seconds, retention_days, api_keys, insecure,
+          threads, model_class) -> None:
     """Serve the model over HTTP: adapt to a user's recent history, score candidates (docs at /docs)."""
     import torch
     import uvicorn
 
+    from ..errors import ConfigError
     from ..estimator import MetaSelector
     from ..models import resolve_model
     from ..serving import limit_malloc_arenas
     from ..serving.app import create_app
+    from ..serving.auth import KeyRing
     from ..serving.store import SQLiteHistoryStore
 
+    keys = KeyRing.read(api_keys) if api_keys is not None else None
+    if keys is None and not insecure and not _loopback(host):
+        raise ConfigError(f"--host {host}: serving beyond this machine needs --api-keys (users' histories are "
+                          "personal data), or --insecure to allow it without keys")
     limit_malloc_arenas()
     if threads:
         torch.set_num_threads(threads)
@@ -85,13 +105,30 @@ def serve(model_dir, host, port, history_db, history_length, max_batch, queue_si
     model = MetaSelector.load(model_dir, model_classes=classes)
     settings = ServeSettings(max_batch=max_batch, queue_size=queue_size, max_candidates=max_candidates,
                              max_events=max_events, max_body_bytes=max_body_bytes,
-                             history_length=history_length or model.config_.serve_history_length)
+                             history_length=history_length or model.config_.serve_history_length,
+                             max_future_seconds=max_future_seconds, max_connections=max_connections,
+                             body_read_seconds=body_read_seconds, retention_days=retention_days)
     try:
-        store = SQLiteHistoryStore(history_db, keep=settings.history_length)
+        store = SQLiteHistoryStore(history_db, keep=settings.history_length, max_user_bytes=settings.max_user_bytes,
+                                   retention_seconds=settings.retention_days * 86_400 or None)
     except Exception as err:  # sqlite3 raises several types for a path it cannot use
         from ..errors import InputError
 
         raise InputError(f"{history_db}: cannot open the history store ({err})") from None
-    app = create_app(model, store, settings)
+    app = create_app(model, store, settings, keys=keys, model_path=str(model_dir), classes=classes)
     click.echo(f"serving {model_dir} on http://{host}:{port} (docs at /docs)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    # Connection limits: uvicorn answers 503 past max_connections, closes idle keep-alive
+    # connections, and caps an incomplete request head (h11) at 16 KiB; the app caps the body's
+    # size and the time to receive it. TLS belongs to a proxy in front (see docs/serving.md).
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
+                limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_seconds,
+                h11_max_incomplete_event_size=16 * 1024)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -2,7 +2,9 @@
 
 An idle worker takes a request at once (no added wait); requests that arrive while it is busy
 queue up, and the next call takes all of them, up to `max_batch`. The queue is bounded: when
-it is full, `submit` refuses at once, and the server answers 503.
+it is full, `submit` refuses at once, and the server answers 503. A request whose caller has
+gone (its future cancelled while it waited) is skipped, and closing has a deadline: whatever is
+still queued then is failed with `Closing`, so shutdown always ends.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ _STOP = object()
 
 class QueueFull(Exception):
     """The queue holds as many requests as it may."""
+
+
+class Closing(Exception):
+    """The server is shutting down: the request was not scored."""
 
 
 class Batcher:
@@ -62,7 +68,15 @@ class Batcher:
                 batch.append(waiting)
             self._score(batch)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _score(self, batch: list) -> None:
+        # callers that have gone are skipped; the rest can no longer be cancelled
+        batch = [(item, future) for item, future in batch if future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         start = time.perf_counter()
         self.batch_sizes[len(batch)] += 1
         try:
@@ -72,7 +86,7 @@ class Batcher:
             if len(batch) > 1 and isinstance(err, MetaSelectorError):
                 self.batch_sizes[len(batch)] -= 1  # one bad request must not fail the others
                 for one in batch:
-                    self._score([one])
+                    self._score_running([one])
                 return
             for _, future in batch:
                 future.set_exception(err)
@@ -81,8 +95,43 @@ class Batcher:
         for (_, future), result in zip(batch, results, strict=True):
             future.set_result(result)
 
-    def close(self) -> None:
-        """Finish what is queued, then stop the worker."""
-        self._queue.put(_STOP)
-        self._thread.join()
+    def _score_running(self, batch: list) -> None:
+        """Score requests already marked running (one of a failed batch, scored alone)."""
+        try:
+            results = self.score([item for item, _ in batch])
+        except Exception as err:
+            for _, future in batch:
+                future.set_exception(err)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            future.set_result(result)
+
+    def close(self, deadline_seconds: float = 20.0) -> None:
+        """Finish what is queued within `deadline_seconds`, then stop the worker; requests still
+        queued at the deadline are failed with Closing."""
+        end = time.monotonic() + deadline_seconds
+        while True:
+            try:
+                self._queue.put(_STOP, timeout=max(0.0, min(0.5, end - time.monotonic())))
+                break
+            except queue.Full:
+                if time.monotonic() >= end:
+                    self._fail_queued()
+        self._thread.join(timeout=max(0.0, end - time.monotonic()))
+        if self._thread.is_alive():
+            self._fail_queued()
+            try:
+                self._queue.put_nowait(_STOP)  # the marker may have been drained with the rest
+            except queue.Full:
+                pass
+            self._thread.join(timeout=5.0)
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                waiting = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if waiting is not _STOP and waiting[1].set_running_or_notify_cancel():
+                waiting[1].set_exception(Closing("the server is shutting down"))
 

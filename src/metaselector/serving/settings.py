@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import AT_LEAST_ONE, setting
+from ..settings import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, setting
 
 
 @dataclass
@@ -15,3 +15,11 @@ class ServeSettings:
     max_events: int = setting(1000, AT_LEAST_ONE)
     max_body_bytes: int = setting(1 << 20, AT_LEAST_ONE)
     history_length: int = setting(200, AT_LEAST_ONE)  # events kept per user and used for adaptation
+    # a stored event may be dated at most this far ahead of the server's clock: far-future events
+    # would otherwise evict a user's real history (the store keeps each user's newest events)
+    max_future_seconds: int = setting(86_400, NON_NEGATIVE)
+    body_read_seconds: float = setting(10.0, POSITIVE)  # a request body not received by then: 408
+    max_connections: int = setting(512, AT_LEAST_ONE)  # beyond it, uvicorn answers 503
+    keep_alive_seconds: int = setting(5, AT_LEAST_ONE)  # an idle keep-alive connection is closed then
+    max_user_bytes: int = setting(65_536, AT_LEAST_ONE)  # a user's stored events, oldest dropped first
+    retention_days: float = setting(0.0, NON_NEGATIVE)  # 0: kept until a cap drops them
