@@ -13,8 +13,17 @@ def custom_options(fn):
     fn = click.option("--data-file", type=click.Path(path_type=Path), default=None,
                       help="Your own CSV or Parquet file (dataset 'custom').")(fn)
     fn = click.option("--columns", "columns_file", type=click.Path(path_type=Path), default=None,
-                      help="TOML file describing the columns of --data-file (see README).")(fn)
+                      help="TOML file describing the columns of --data-file (see docs/using.md).")(fn)
     return fn
+
+
+def dataset_options(fn):
+    """--dataset, --data-dir and the custom-data options (--data-file, --columns)."""
+    fn = custom_options(fn)
+    fn = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                      help="Folder with the publisher's files; default: the cache (downloaded if missing).")(fn)
+    return click.option("--dataset", default="ml-latest-small", show_default=True,
+                        help="Dataset name (metaselector datasets).")(fn)
 
 
 def run_folder_options(fn):

@@ -10,8 +10,8 @@ from .. import distributed
 from .group import (
     check_device,
     cli,
-    custom_options,
     custom_spec,
+    dataset_options,
     describe_selector,
     join_ranks,
     names,
@@ -21,10 +21,7 @@ from .group import (
 
 
 @cli.command()
-@click.option("--dataset", default="ml-latest-small", show_default=True, help="Dataset name (metaselector datasets).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Folder with the publisher's files; default: the cache (downloaded if missing).")
-@custom_options
+@dataset_options
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default runs/<dataset>).")
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Number of seeds (0..N-1).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
@@ -63,10 +60,7 @@ def reproduce(dataset, data_dir, data_file, columns_file, out, seeds, config_fil
 
 
 @cli.command()
-@click.option("--dataset", default="ml-latest-small", show_default=True, help="Dataset name (metaselector datasets).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Folder with the publisher's files; default: the cache (downloaded if missing).")
-@custom_options
+@dataset_options
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="TOML file overriding the dataset preset.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the saved model.")
@@ -112,10 +106,7 @@ def train(dataset, data_dir, data_file, columns_file, config_file, out, seed, de
 
 
 @cli.command()
-@click.option("--dataset", default="ml-latest-small", show_default=True, help="Dataset name (metaselector datasets).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Folder with the publisher's files; default: the cache (downloaded if missing).")
-@custom_options
+@dataset_options
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="TOML file overriding the dataset preset (e.g. an earlier tuned.toml).")
 @click.option("--models", default=None, metavar="NAME,NAME,...", help="Base models to tune (default: the run's).")

@@ -14,7 +14,7 @@ from .sources import RawData, add_labels, check_labels, check_numeric, read_tabl
 
 @dataclass
 class CustomSpec:
-    """Column names of a user's own file; see README 'Your own data'."""
+    """Column names of a user's own file; see docs/using.md, 'Your own data'."""
 
     path: Path
     user: str = "user"

@@ -107,7 +107,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "custom": DatasetInfo(
         name="custom",
         description="Your own CSV or Parquet: user, item, label or rating, timestamp, side columns",
-        source="--data-file PATH (see README: 'Your own data')",
+        source="--data-file PATH (see docs/using.md: 'Your own data')",
         size="-",
         license="yours",
     ),

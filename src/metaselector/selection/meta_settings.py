@@ -47,13 +47,13 @@ class MetaSettings:
     selector_uses_predictions: bool = setting(True)  # chosen by held-out users' query LogLoss
     # What each base model's parameters descend, in the inner step and the outer step: "mixture"
     # (the paper: the mixture's LogLoss) or "own" (the model's own LogLoss; the selector still
-    # descends the mixture's). See Ensemble.loss. "own" won on held-out rows (README, Findings).
+    # descends the mixture's). See Ensemble.loss. "own" won on held-out rows (docs/findings.md).
     model_loss: str = setting("own", Options(("mixture", "own")))
     # Where the base models' theta and Meta-SGD rates start meta-training: "pretrained" (the
     # paper) or "adapted": from each model's own per-user-adaptation meta-training (the model
     # alone, no selector; the "<model> + per-user adaptation" rows), so that the joint stage
     # starts from every model adapting well and is kept only where the selector adds to it.
-    # "adapted" won on held-out rows (README, Findings).
+    # "adapted" won on held-out rows (docs/findings.md).
     model_start: str = setting("adapted", Options(("pretrained", "adapted")))
     # Which rows the meta-learned base models are pretrained on: "support" keeps the query sets
     # out-of-sample for the selector (the single models are then these models trained on, warm,
