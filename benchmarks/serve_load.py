@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -48,15 +50,16 @@ def bodies(data, history: int = 50, candidates: int = 100) -> list[dict]:
 
 
 class ServerProcess:
-    def __init__(self, model: Path, db: Path, max_batch: int, threads: int) -> None:
+    def __init__(self, model: Path, db: Path | str, max_batch: int, threads: int, workers: int = 1) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen([sys.executable, "-m", "metaselector", "serve", "--model", str(model),
                                          "--port", str(self.port), "--history-db", str(db), "--threads", str(threads),
-                                         "--max-batch", str(max_batch), "--queue-size", "1024"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                         "--max-batch", str(max_batch), "--queue-size", "1024",
+                                         "--workers", str(workers)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         for _ in range(600):
             try:
                 if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
@@ -72,14 +75,24 @@ class ServerProcess:
         return float("nan")
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
+        """utime + stime of the server and its worker processes (its process group)."""
+        total = 0.0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.process.pid:  # pgrp: the server's own session
+                total += (int(fields[11]) + int(fields[12])) / 100  # clock ticks of 1/100 s
+        return total
 
     def health(self) -> dict:
         return httpx.get(f"{self.url}/v1/health", timeout=10).json()
 
     def stop(self) -> None:
-        self.process.terminate()
+        os.killpg(self.process.pid, signal.SIGTERM)
         self.process.wait()
 
 
@@ -165,14 +178,17 @@ def measured(server: ServerProcess, run) -> dict:
 def breakdown(model, body: dict, rounds: int = 20) -> dict:
     """Where one request's time goes, in this process: parse, encode, adapt + score, score alone."""
     from metaselector.selection.tasks import UserTask
-    from metaselector.serving.app import ScoreRequest, _frame
+    from metaselector.serving.schemas import RequestModels, declared_columns, labelled
     from metaselector.training.tensors import TensorData
 
+    schemas = RequestModels(declared_columns(model.encoder_), 1000, 1000)
+    threshold = model.encoder_.label_rule.threshold
     times = {"parse": [], "encode": [], "adapt_and_score": [], "score_only": []}
     for _ in range(rounds):
         start = time.perf_counter()
-        request = ScoreRequest.model_validate(body)
-        history, candidates = _frame(request.user, request.history), _frame(request.user, request.candidates)
+        request = schemas.score.model_validate_json(json.dumps(body))
+        history = pd.DataFrame([{**e, "user": str(request.user)} for e in labelled(request.history, threshold)])
+        candidates = pd.DataFrame([{**c.model_dump(), "user": str(request.user)} for c in request.candidates])
         times["parse"].append(time.perf_counter() - start)
         start = time.perf_counter()
         events = pd.concat([history, candidates], ignore_index=True)
@@ -198,6 +214,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=40.0, help="open-loop arrivals per second")
     parser.add_argument("--threads", type=int, default=2, help="server torch threads")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--workers", type=int, nargs="+", default=[],
+                        help="also measure the batching server with these worker counts at 32 clients")
+    parser.add_argument("--history-db", default=None, help="e.g. postgresql://USER@HOST/DB (default: SQLite files)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = ms.load_data("ml-latest-small")
@@ -208,8 +227,16 @@ def main() -> None:
         ms.MetaSelector(config={"pretrain": {"epochs": 1}, "meta": {"epochs": 1, "max_episodes": 20}}).fit(
             data).save(model_dir)
         report["breakdown_single_request"] = breakdown(ms.MetaSelector.load(model_dir), requests[0])
+        for workers in args.workers:
+            server = ServerProcess(model_dir, args.history_db or Path(tmp) / f"w{workers}.sqlite", 64, args.threads,
+                                   workers)
+            try:
+                report[f"workers_{workers}"] = measured(server, closed_loop(server.url, requests, 32, args.seconds))
+            finally:
+                server.stop()
         for max_batch in (64, 1):
-            server = ServerProcess(model_dir, Path(tmp) / f"h{max_batch}.sqlite", max_batch, args.threads)
+            server = ServerProcess(model_dir, args.history_db or Path(tmp) / f"h{max_batch}.sqlite", max_batch,
+                                   args.threads)
             try:
                 levels = [measured(server, closed_loop(server.url, requests, c, args.seconds)) for c in (1, 8, 32)]
                 entry = {"closed_loop": levels}

@@ -1,4 +1,6 @@
 import collections
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -123,7 +125,8 @@ class ServeProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "metaselector", "serve", "--model", str(model_dir), "--port", str(self.port),
-             "--history-db", str(db), "--threads", "1", *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             "--history-db", str(db), "--threads", "1", *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True)  # its own process group: stop() ends uvicorn's workers too
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -139,8 +142,10 @@ class ServeProcess:
         return httpx.post(f"{self.url}{path}", json=body, timeout=60, **kwargs)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # the server and any worker processes
+        except ProcessLookupError:
+            pass
         self.process.wait()
 
 

@@ -61,3 +61,44 @@ def test_a_folder_refuses_another_configuration_and_resume_of_nothing(tmp_path):
         assert result.returncode == 2 and "embedding_dim" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert (out / "weights.safetensors").read_bytes() == before  # nothing already written is damaged
+
+
+KILL_AFTER_SAVE = """
+import os, signal, sys
+from metaselector.training.state import StateFile
+from metaselector.cli import main
+
+target, count = sys.argv[1], {"n": 0}
+save = StateFile.save
+
+def save_then_die(self, state):
+    save(self, state)
+    if self.path.name == target:
+        count["n"] += 1
+        if count["n"] == 2:  # killed right after writing its second epoch's state
+            os.kill(os.getpid(), signal.SIGKILL)
+
+StateFile.save = save_then_die
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("learner", ["simplified.pt", "sample-level.pt"])
+def test_reproduce_killed_inside_simplified_or_the_sample_level_selector_resumes(tmp_path, learner):
+    (tmp_path / "run.toml").write_text(CONFIG.replace("epochs = 8\npatience = 8", "epochs = 4\npatience = 4") +
+                                       "[sample_level]\nepochs = 4\nhidden = [8]\n")
+    args = ["reproduce", "--dataset", "movielens-1m", "--data-dir", str(FIXTURES / "ml-1m"), "--config",
+            str(tmp_path / "run.toml"), "--seeds", "1", "--quiet", "--threads", "1"]
+    whole = subprocess.run([sys.executable, "-m", "metaselector", *args, "--out", str(tmp_path / "whole")],
+                           capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SAVE, learner, *args, "--out", str(tmp_path / "k")],
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (tmp_path / "k" / "state" / "seed0" / learner).is_file() and not (tmp_path / "k" / "results.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "metaselector", *args, "--out", str(tmp_path / "k"), "--resume"],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = [json.loads((tmp_path / d / "results.json").read_text())["rows"] for d in ("whole", "k")]
+    assert rows[0] == rows[1]

@@ -12,6 +12,7 @@ clear error. Data is grouped by user, so `fit` takes a dataset, not (X, y).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,11 +139,13 @@ class MetaSelector:
             raise NotFittedError("this MetaSelector is not fitted yet: call fit(data) or MetaSelector.load(dir)")
 
     # ---- scoring -------------------------------------------------------------------
-    def score_users(self, requests: Sequence[tuple[Events, Events]]) -> list[UserScores]:
+    def score_users(self, requests: Sequence[tuple[Events, Events]],
+                    timings: dict[str, float] | None = None) -> list[UserScores]:
         """Adapt to each user's history and score their candidates, all users in batched
         (vmapped) calls. A request is (history, candidates), each a DataFrame or list of dicts
         with raw columns: history user, item, rating (or label), timestamp; candidates user,
-        item, timestamp (custom data: plus their declared per-event columns)."""
+        item, timestamp (custom data: plus their declared per-event columns). `timings`: filled
+        with the seconds spent encoding and adapting-and-scoring (one vmapped call)."""
         self._check_fitted()
         frames, groups, support, evaluation, counts = [], [], [], [], []
         offset = 0
@@ -163,6 +166,7 @@ class MetaSelector:
         events = pd.concat(frames, ignore_index=True)
         # Candidates count as the user's interactions for later candidates' history features, as
         # rows of a dataset do offline; candidates of one request time never see each other.
+        start = time.perf_counter()
         encoded = self.encoder_.encode(events, groups=np.concatenate(groups))
         labels = encoded.labels
         history_labels = labels[np.concatenate(support)] if offset else labels
@@ -171,7 +175,10 @@ class MetaSelector:
         tensors = TensorData(torch.from_numpy(encoded.ids), torch.from_numpy(encoded.weights),
                              torch.from_numpy(np.nan_to_num(labels)), torch.from_numpy(np.concatenate(groups)))
         tasks = [UserTask(i, s, e) for i, (s, e) in enumerate(zip(support, evaluation, strict=True))]
+        encoded_at = time.perf_counter()
         scored = self.module_.predict(tensors, tasks, evaluation, with_weights=True)
+        if timings is not None:
+            timings.update(encode=encoded_at - start, adapt_and_score=time.perf_counter() - encoded_at)
         unknown_user = self.encoder_.lookup("@user", events["user"]) < 0
         unknown_item = self.encoder_.lookup("@item", events["item"]) < 0
         return [UserScores(p, w, count > 0, count, {"users": int(unknown_user[e].sum()),

@@ -49,8 +49,9 @@ def score(model_dir: Path, history_file: Path, candidates_file: Path, out: Path 
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True, help="A saved model folder.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--history-db", type=click.Path(path_type=Path), default=Path("history.sqlite"), show_default=True,
-              help="SQLite file of users' recent events (created if missing).")
+@click.option("--history-db", default="history.sqlite", show_default=True,
+              help="Where users' recent events live: a SQLite file (created if missing; one server), or a "
+                   "postgresql://USER@HOST/DB URL shared by several servers.")
 @click.option("--history-length", type=click.IntRange(min=1), default=None,
               help="Events kept per user and used to adapt (default: the model's serve_history_length, 200).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=SERVE_DEFAULTS["max_batch"], show_default=True,
@@ -76,53 +77,72 @@ def score(model_dir: Path, history_file: Path, candidates_file: Path, out: Path 
 @click.option("--api-keys", "api_keys", type=click.Path(path_type=Path), default=None,
               help="File of API keys and their scopes (score, events, history, admin), one per line.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without --api-keys.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="torch threads (0: default).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Scoring processes, each with its own batcher and --threads torch threads.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="torch threads per worker (0: default).")
 @click.option("--model-class", "model_class", multiple=True, metavar="MODULE:CLASS|FILE.py:CLASS",
               help="Your own base model, as named when training.")
 def serve(model_dir, host, port, history_db, history_length, max_batch, queue_size, max_candidates, max_events,
           max_body_bytes, max_future_seconds, max_connections, body_read_seconds, retention_days, api_keys, insecure,
-          threads, model_class) -> None:
+          workers, threads, model_class) -> None:
     """Serve the model over HTTP: adapt to a user's recent history, score candidates (docs at /docs)."""
-    import torch
-    import uvicorn
-
     from ..errors import ConfigError
-    from ..estimator import MetaSelector
-    from ..models import resolve_model
-    from ..serving import limit_malloc_arenas
-    from ..serving.app import create_app
     from ..serving.auth import KeyRing
-    from ..serving.store import SQLiteHistoryStore
 
-    keys = KeyRing.read(api_keys) if api_keys is not None else None
-    if keys is None and not insecure and not _loopback(host):
+    if api_keys is not None:
+        KeyRing.read(api_keys)  # a bad keys file is refused here, in one line
+    elif not insecure and not _loopback(host):
         raise ConfigError(f"--host {host}: serving beyond this machine needs --api-keys (users' histories are "
                           "personal data), or --insecure to allow it without keys")
-    limit_malloc_arenas()
-    if threads:
-        torch.set_num_threads(threads)
-    classes = {name: resolve_model(name, where="--model-class") for name in model_class}
-    model = MetaSelector.load(model_dir, model_classes=classes)
-    settings = ServeSettings(max_batch=max_batch, queue_size=queue_size, max_candidates=max_candidates,
-                             max_events=max_events, max_body_bytes=max_body_bytes,
-                             history_length=history_length or model.config_.serve_history_length,
-                             max_future_seconds=max_future_seconds, max_connections=max_connections,
-                             body_read_seconds=body_read_seconds, retention_days=retention_days)
-    try:
-        store = SQLiteHistoryStore(history_db, keep=settings.history_length, max_user_bytes=settings.max_user_bytes,
-                                   retention_seconds=settings.retention_days * 86_400 or None)
-    except Exception as err:  # sqlite3 raises several types for a path it cannot use
-        from ..errors import InputError
+    options = {"model": str(model_dir), "history_db": str(history_db), "threads": threads,
+               "model_classes": list(model_class), "api_keys": str(api_keys) if api_keys else None,
+               "settings": dict(max_batch=max_batch, queue_size=queue_size, max_candidates=max_candidates,
+                                max_events=max_events, max_body_bytes=max_body_bytes, history_length=history_length,
+                                max_future_seconds=max_future_seconds, max_connections=max_connections,
+                                body_read_seconds=body_read_seconds, retention_days=retention_days)}
+    app = _checked_app(options)  # the model, the store and the keys, checked before any worker starts
+    if workers > 1:  # each worker builds its own
+        app.state.service.close()
+        app = None
+    click.echo(f"serving {model_dir} on http://{host}:{port} with {workers} worker(s) (docs at /docs)", err=True)
+    _run(app, options, host, port, workers)
 
-        raise InputError(f"{history_db}: cannot open the history store ({err})") from None
-    app = create_app(model, store, settings, keys=keys, model_path=str(model_dir), classes=classes)
-    click.echo(f"serving {model_dir} on http://{host}:{port} (docs at /docs)", err=True)
+
+def _checked_app(options: dict):
+    from ..errors import InputError
+    from ..serving.store import StoreUnavailable
+    from ..serving.worker import build_app
+
+    try:
+        return build_app(options)
+    except StoreUnavailable as err:
+        raise InputError(f"--history-db: cannot open the history store ({err})") from None
+
+
+def _run(app, options: dict, host: str, port: int, workers: int) -> None:
+    """uvicorn with the app (one worker), or N worker processes that each build it (several; the
+    Prometheus client then adds up the workers' metrics from files in a shared folder)."""
+    import json
+    import os
+    import tempfile
+
+    import uvicorn
+
+    from ..serving.worker import ENV
+
     # Connection limits: uvicorn answers 503 past max_connections, closes idle keep-alive
     # connections, and caps an incomplete request head (h11) at 16 KiB; the app caps the body's
     # size and the time to receive it. TLS belongs to a proxy in front (see docs/serving.md).
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
-                limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_seconds,
-                h11_max_incomplete_event_size=16 * 1024)
+    limits = dict(log_level="warning", timeout_graceful_shutdown=30,
+                  limit_concurrency=options["settings"]["max_connections"],
+                  timeout_keep_alive=SERVE_DEFAULTS["keep_alive_seconds"], h11_max_incomplete_event_size=16 * 1024)
+    if app is not None:
+        uvicorn.run(app, host=host, port=port, **limits)
+        return
+    os.environ[ENV] = json.dumps(options)
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="metaselector-metrics-"))
+    uvicorn.run("metaselector.serving.worker:create_from_environment", factory=True, workers=workers, host=host,
+                port=port, **limits)
 
 
 def _loopback(host: str) -> bool:

@@ -147,3 +147,17 @@ class SQLiteHistoryStore(HistoryStore):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def open_store(where: str, keep: int, max_user_bytes: int, retention_seconds: float | None) -> HistoryStore:
+    """The store `where` names: PostgreSQL for a postgresql:// URL (several servers), else a
+    SQLite file (one server). Raises StoreUnavailable if it cannot be opened."""
+    caps = {"keep": keep, "max_user_bytes": max_user_bytes, "retention_seconds": retention_seconds}
+    if where.startswith(("postgresql://", "postgres://")):
+        from .postgres_store import PostgresHistoryStore
+
+        return PostgresHistoryStore(where, **caps)
+    try:
+        return SQLiteHistoryStore(Path(where), **caps)
+    except (sqlite3.Error, OSError) as err:
+        raise StoreUnavailable(f"{where}: {err}") from None

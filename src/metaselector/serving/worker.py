@@ -1,0 +1,42 @@
+"""One serving process built from options in the environment: `serve --workers N` has uvicorn
+start N processes, each calling `create_from_environment`, so every worker loads the model and
+opens the history store itself and has its own batcher and torch threads (the scoring thread
+of one process keeps about one core busy; N processes use N). The parent checked the options
+before starting them, so a worker only fails for reasons that arise after that check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+ENV = "METASELECTOR_SERVE"
+
+
+def build_app(options: dict):
+    """The app for `options` (model, history_db, settings, api_keys, threads, model_classes)."""
+    import torch
+
+    from ..estimator import MetaSelector
+    from ..models import resolve_model
+    from . import limit_malloc_arenas
+    from .app import create_app
+    from .auth import KeyRing
+    from .settings import ServeSettings
+    from .store import open_store
+
+    limit_malloc_arenas()
+    if options["threads"]:
+        torch.set_num_threads(options["threads"])
+    classes = {name: resolve_model(name, where="--model-class") for name in options["model_classes"]}
+    model = MetaSelector.load(options["model"], model_classes=classes)
+    settings = ServeSettings(**{**options["settings"], "history_length": options["settings"]["history_length"]
+                                or model.config_.serve_history_length})
+    store = open_store(options["history_db"], settings.history_length, settings.max_user_bytes,
+                       settings.retention_days * 86_400 or None)
+    keys = KeyRing.read(options["api_keys"]) if options["api_keys"] else None
+    return create_app(model, store, settings, keys=keys, model_path=options["model"], classes=classes)
+
+
+def create_from_environment():
+    return build_app(json.loads(os.environ[ENV]))
