@@ -37,6 +37,7 @@ class Service:
         self.timings: Counter = Counter()
         self._use(model)
         self.batcher = Batcher(self._score_batch, settings.max_batch, settings.queue_size)
+        self.parsing_bytes = 0  # of bodies being read and parsed now (changed on the event loop's thread only)
 
     def _use(self, model) -> None:
         """Serve `model` from the next batch on (one assignment each: the scoring thread reads the
@@ -84,13 +85,21 @@ class Service:
         if self.batcher.waiting >= self.settings.queue_size:
             self.stats["rejected_queue_full"] += 1
             raise Refused(_busy("busy: the queue is full"))
-        body = await request.body()
-        start = time.perf_counter()
+        length = request.headers.get("content-length", "")
+        size = int(length) if length.isdigit() else self.settings.max_body_bytes
+        if self.parsing_bytes and self.parsing_bytes + size > self.settings.max_parsing_bytes:
+            self.stats["rejected_parsing_full"] += 1
+            raise Refused(_busy("busy: too many request bytes being read"))
+        self.parsing_bytes += size
         try:
+            body = await request.body()
+            start = time.perf_counter()
             parsed = await asyncio.to_thread(schema.model_validate_json, body)
         except ValidationError as err:
             self.stats["invalid_requests"] += 1
             raise HTTPException(*first_error(err.errors())) from None
+        finally:
+            self.parsing_bytes -= size
         self.timings["parse_seconds"] += time.perf_counter() - start
         self.metrics.stage.labels("parse").observe(time.perf_counter() - start)
         return parsed

@@ -21,5 +21,9 @@ class ServeSettings:
     body_read_seconds: float = setting(10.0, POSITIVE)  # a request body not received by then: 408
     max_connections: int = setting(512, AT_LEAST_ONE)  # beyond it, uvicorn answers 503
     keep_alive_seconds: int = setting(5, AT_LEAST_ONE)  # an idle keep-alive connection is closed then
+    # bytes of request bodies being read and parsed at once (by their Content-Length); beyond,
+    # 503 before reading, so memory stays bounded under a flood of large bodies, while ordinary
+    # requests (a few KB) are never turned away by it
+    max_parsing_bytes: int = setting(32 << 20, AT_LEAST_ONE)
     max_user_bytes: int = setting(65_536, AT_LEAST_ONE)  # a user's stored events, oldest dropped first
     retention_days: float = setting(0.0, NON_NEGATIVE)  # 0: kept until a cap drops them
