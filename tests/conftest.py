@@ -4,6 +4,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -123,9 +124,12 @@ class ServeProcess:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        # the server's log goes to a file: a pipe nobody reads fills up and blocks the server
+        handle, name = tempfile.mkstemp(prefix="metaselector-serve-", suffix=".log")
+        self.log_path, self._log = Path(name), os.fdopen(handle, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "metaselector", "serve", "--model", str(model_dir), "--port", str(self.port),
-             "--history-db", str(db), "--threads", "1", *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+             "--history-db", str(db), "--threads", "1", *options], stdout=subprocess.DEVNULL, stderr=self._log,
             start_new_session=True)  # its own process group: stop() ends uvicorn's workers too
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -135,8 +139,11 @@ class ServeProcess:
             except httpx.HTTPError:
                 time.sleep(0.1)
             if self.process.poll() is not None:
-                raise RuntimeError(self.process.stderr.read().decode())
+                raise RuntimeError(self.log())
         raise RuntimeError("server did not start")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def post(self, path: str, body, **kwargs) -> httpx.Response:
         return httpx.post(f"{self.url}{path}", json=body, timeout=60, **kwargs)
@@ -147,6 +154,7 @@ class ServeProcess:
         except ProcessLookupError:
             pass
         self.process.wait()
+        self._log.close()
 
 
 

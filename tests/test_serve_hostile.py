@@ -205,3 +205,4 @@ def test_the_server_still_scores_correctly_after_the_generated_suite(hostile, ev
     first, second = hostile.post("/v1/score", body), hostile.post("/v1/score", body)
     assert first.status_code == 200 and first.json()["scores"] == second.json()["scores"]
     assert httpx.get(f"{hostile.url}/v1/health").json()["status"] == "ok"
+    assert "Traceback" not in hostile.log()  # no request of this module raised inside the server

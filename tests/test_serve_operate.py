@@ -53,8 +53,7 @@ def test_keys_and_scopes(model_dir, tmp_path, events, serve_process):
         assert httpx.get(f"{server.url}/v1/health").status_code == 200  # open: no user data
     finally:
         server.stop()
-    log = server.process.stderr.read().decode()
-    assert not any(key in log for key in KEYS.values())  # keys are never logged
+    assert not any(key in server.log() for key in KEYS.values())  # keys are never logged
 
 
 @pytest.mark.parametrize("keys_text,needle", [("short score\n", "at least 16"), (f"{'k' * 20} read\n", "scope 'read'"),

@@ -41,27 +41,42 @@ def create_app(model, store: HistoryStore, settings: ServeSettings, keys: KeyRin
     app = FastAPI(title="metaselector", version="1", lifespan=_lifespan(service, model_path, classes))
     app.state.service = service
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, read_seconds=settings.body_read_seconds)
+    app.add_middleware(Measured, metrics=service.metrics)
 
     @app.exception_handler(Refused)
     async def refused(request: Request, err: Refused):
         return err.response
 
-    @app.middleware("http")
-    async def measured(request: Request, call_next):
-        """Requests by endpoint (the route's path template, never the user) and status, and latency."""
-        start, status = time.perf_counter(), 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            endpoint = getattr(request.scope.get("route"), "path", "unmatched")
-            service.metrics.requests.labels(endpoint, str(status)).inc()
-            service.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-
     _user_routes(app, service, _scopes(keys))
     _operator_routes(app, service, _scopes(keys), classes)
     return app
+
+
+class Measured:
+    """ASGI middleware: requests by endpoint (the route's path template, never a user id) and
+    status, and their latency. Plain ASGI rather than BaseHTTPMiddleware, which wraps the app in a
+    task group and turns a client that went away into a logged traceback."""
+
+    def __init__(self, app, metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def sent(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
 def _lifespan(service: Service, model_path: str | None, classes: dict | None):

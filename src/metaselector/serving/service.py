@@ -10,8 +10,9 @@ from collections import Counter
 
 import pandas as pd
 from fastapi import HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from ..errors import MetaSelectorError
 from .batcher import Batcher, Closing, QueueFull
@@ -92,7 +93,11 @@ class Service:
             raise Refused(_busy("busy: too many request bytes being read"))
         self.parsing_bytes += size
         try:
-            body = await request.body()
+            try:
+                body = await request.body()
+            except ClientDisconnect:  # the client has gone: nobody reads an answer, nothing to log
+                self.stats["client_disconnected"] += 1
+                raise Refused(Response(status_code=400)) from None
             start = time.perf_counter()
             parsed = await asyncio.to_thread(schema.model_validate_json, body)
         except ValidationError as err:
