@@ -8,14 +8,12 @@ weights the base models.
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..training.loop import fit_with_early_stopping
+from ..training.loop import SelectorSnapshots, fit_with_early_stopping
 from ..training.state import StateFile
 from ..training.tensors import TensorData
 from .selector import Selector
@@ -42,7 +40,7 @@ def fit_sample_selector(selector: Selector, data: TensorData, rows: np.ndarray, 
             "label_shares": np.bincount(learner.targets.numpy(), minlength=base.shape[1]).tolist()}
 
 
-class _SampleSelectorEpochs:
+class _SampleSelectorEpochs(SelectorSnapshots):
     """The sample-level selector's learner for the one training loop (training/loop.py)."""
 
     def __init__(self, selector, data, rows, base, lr, batch_size, seed, progress) -> None:
@@ -75,12 +73,6 @@ class _SampleSelectorEpochs:
         self.selector.eval()
         with torch.no_grad():
             return float(self._loss(self.valid)), {}
-
-    def snapshot(self) -> dict:
-        return copy.deepcopy(self.selector.state_dict())
-
-    def restore(self, snapshot: dict) -> None:
-        self.selector.load_state_dict(snapshot)
 
     def state_dict(self) -> dict:
         return {"selector": self.selector.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -8,14 +8,12 @@ Because the base models are frozen, their probabilities are computed once for al
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..training.loop import fit_with_early_stopping
+from ..training.loop import SelectorSnapshots, fit_with_early_stopping
 from ..training.state import StateFile
 from ..training.tensors import TensorData
 from .ensemble import EPS
@@ -24,7 +22,7 @@ from .selector import Selector
 from .tasks import UserTask
 
 
-class SimplifiedSelector:
+class SimplifiedSelector(SelectorSnapshots):
     def __init__(self, selector: Selector, base_probabilities: torch.Tensor, lr: float, device="cpu") -> None:
         self.selector = selector.to(device)
         self.base = base_probabilities.float()  # [N_rows, K] for every row of the dataset
@@ -94,12 +92,6 @@ class SimplifiedSelector:
         with torch.no_grad():
             self.selector.eval()
             return float(self._loss(data, valid_tasks, [t.query for t in valid_tasks])), {}
-
-    def snapshot(self) -> dict:
-        return copy.deepcopy(self.selector.state_dict())
-
-    def restore(self, snapshot: dict) -> None:
-        self.selector.load_state_dict(snapshot)
 
     def state_dict(self) -> dict:
         return {"selector": self.selector.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -8,6 +8,7 @@ load itself; the loop owns the order of those steps (FuxiCTR's `checkpoint_and_e
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Protocol
 
@@ -31,6 +32,18 @@ class Learner(Protocol):
         """Everything resuming needs: weights, optimizer moments, random generators."""
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+class SelectorSnapshots:
+    """snapshot/restore for a learner whose best state is its `selector` module's weights."""
+
+    selector: object
+
+    def snapshot(self) -> dict:
+        return copy.deepcopy(self.selector.state_dict())
+
+    def restore(self, snapshot: dict) -> None:
+        self.selector.load_state_dict(snapshot)
 
 
 def fit_with_early_stopping(learner: Learner, epochs: int, patience: int, state: StateFile | None = None,
