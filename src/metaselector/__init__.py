@@ -39,15 +39,17 @@ def __getattr__(name: str):
 
 def load_data(name: str = "ml-latest-small", data_dir: str | Path | None = None,
               data_file: str | Path | None = None, columns_file: str | Path | None = None,
-              log: Callable[[str], None] = lambda message: None):
+              log: Callable[[str], None] = lambda message: None, grow_from=None):
     """A dataset by name (see `metaselector datasets`), from `data_dir` or the cache (downloaded
-    if missing); `name="custom"` reads `data_file` with the column map `columns_file`."""
+    if missing); `name="custom"` reads `data_file` with the column map `columns_file`.
+    `grow_from`: a saved model's encoder (`MetaSelector.load(dir).encoder_`), to continue that
+    model on this data (`fit(data, init_from=dir)`): its vocabularies are extended, not replaced."""
     from .config import read_custom_columns
     from .data.loading import load_dataset
 
     custom = read_custom_columns(Path(data_file), Path(columns_file) if columns_file else None) \
         if data_file is not None else None
-    return load_dataset(name, Path(data_dir) if data_dir else None, custom=custom, log=log)
+    return load_dataset(name, Path(data_dir) if data_dir else None, custom=custom, log=log, grow_from=grow_from)
 
 
 __all__ = ["AdaptedUser", "BaseModel", "Batch", "ConfigError", "InputError", "MetaSelector", "MetaSelectorError",

@@ -185,10 +185,11 @@ PRESETS = ("extended",)  # presets laid over the dataset's, below a config file
 
 
 def load_config(dataset: str, config_file: Path | None, overrides: dict | None = None,
-                preset_name: str | None = None) -> RunConfig:
-    """The dataset's preset, then the named preset (e.g. "extended"), then the config file's
-    values, then `overrides` (command-line options): all checked, before any work."""
-    values = {**_preset_values(dataset), "dataset": dataset}
+                preset_name: str | None = None, base: dict | None = None) -> RunConfig:
+    """The dataset's preset (or `base`: a parent model's configuration), then the named preset
+    (e.g. "extended"), then the config file's values, then `overrides` (command-line options):
+    all checked, before any work."""
+    values = {**(base if base is not None else _preset_values(dataset)), "dataset": dataset}
     where = "configuration"
     if preset_name is not None:
         if preset_name not in PRESETS:

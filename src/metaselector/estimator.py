@@ -81,34 +81,61 @@ class MetaSelector:
                 names.append(str(model))
         return names, classes
 
-    def _resolved_config(self, dataset: str) -> tuple[RunConfig, dict[str, type[BaseModel]]]:
+    def _resolved_config(self, dataset: str, base: RunConfig | None = None
+                         ) -> tuple[RunConfig, dict[str, type[BaseModel]]]:
+        """The configuration: `config` as given, or laid over `base` (a parent model's), else
+        over the dataset's preset."""
         names, classes = self._model_classes()
         if isinstance(self.config, RunConfig):
             values = self.config.to_dict()
         else:
-            values = merge(preset(dataset).to_dict(), dict(self.config or {}))
+            values = merge((base or preset(dataset)).to_dict(), dict(self.config or {}))
         values.update({"dataset": dataset, "device": self.device})
         if names is not None:
             values["models"] = names
         return RunConfig.from_dict(values, where="MetaSelector config", classes=classes), classes
 
     def fit(self, data: EncodedDataset, progress: bool = False, log: Callable[[str], None] | None = None,
-            state_dir: str | Path | None = None) -> MetaSelector:
+            state_dir: str | Path | None = None, init_from: str | Path | MetaSelector | None = None
+            ) -> MetaSelector:
         """Pretrain the base models (support rows, then continued on all rows), meta-train the
         selector and theta with users as tasks, early-stopping on held-out training rows.
         `state_dir`: every learner's state is written there at each epoch boundary, and a fit
-        started again with the same folder continues from it (to the same result)."""
+        started again with the same folder continues from it (to the same result).
+        `init_from`: a saved model (folder, or as MetaSelector.load returns it) to continue from:
+        its configuration unless `config` is given; `data` loaded with `load_data(...,
+        grow_from=parent.encoder_)` so that every old user, item and value keeps its row (see
+        experiment/continuation.py)."""
         if not isinstance(data, EncodedDataset) or data.encoder is None:
             raise InputError("fit: data must be a dataset from metaselector.load_data(...)")
-        config, classes = self._resolved_config(data.name)
+        parent = self._parent(init_from, data) if init_from is not None else None
+        config, classes = self._resolved_config(data.name, parent.model.config_ if parent else None)
+        if parent is not None:
+            parent.check_models(list(config.models))
         split = split_users(data.users, data.timestamps, self.seed, test_fraction=0.0,
                             temporal=config.split == "temporal")
         require_usable(split, data.labels, data.name)
         timer = Timer(log or (lambda message: None))
         torch.manual_seed(int_seed(self.seed, "dropout"))
         context = prepare_training(config, data, split, self.seed, timer, progress, classes,
-                                   Path(state_dir) if state_dir is not None else None)
+                                   Path(state_dir) if state_dir is not None else None, parent=parent)
+        self.parent_ = parent.record() if parent is not None else None
         return self._fit_context(context, classes)
+
+    def _parent(self, init_from: str | Path | MetaSelector, data: EncodedDataset):
+        from .experiment.continuation import ParentModel
+
+        if isinstance(init_from, MetaSelector):
+            parent = init_from
+            if not hasattr(parent, "directory_"):
+                raise InputError("init_from: pass a saved model folder, or a model from MetaSelector.load")
+        else:
+            parent = MetaSelector.load(init_from, model_classes=self._model_classes()[1])
+        try:
+            return ParentModel(parent, data.encoder, parent.directory_)
+        except InputError as err:
+            raise InputError(f"--init-from {parent.directory_}: {err}; load the new data with "
+                             "load_data(..., grow_from=MetaSelector.load(parent).encoder_)") from None
 
     def _fit_context(self, context: TrainingContext, classes: dict | None = None) -> MetaSelector:
         """Meta-train with [meta] as configured, then measure what the selector does per user on

@@ -66,6 +66,8 @@ def save_model(model, directory: Path) -> Path:
         "validation": {"best_epoch": notes["best_epoch"], "validation_logloss": notes["validation_logloss"]},
         # what the selector does, measured on held-out rows (diagnostics.json holds the details)
         "selector_kind": model.diagnostics_.get("selector_kind", "unknown"),
+        # the saved model this one continued (train --init-from), else null
+        "parent": getattr(model, "parent_", None),
         "files": {name: sha256_of(directory / name) for name in FILES},
     }
     atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=2) + "\n")
@@ -134,7 +136,7 @@ def load_model(cls, directory: Path, device: str, classes: dict):
     model._set_fitted(module, config, encoder, classes, manifest["dataset"], sources if isinstance(sources, dict)
                       else {}, manifest["seed"], validation if isinstance(validation, dict) else {},
                       _informational_diagnostics(directory, manifest))
-    model.manifest_ = manifest
+    model.manifest_, model.directory_ = manifest, directory
     return model
 
 

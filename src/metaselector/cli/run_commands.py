@@ -68,10 +68,15 @@ def reproduce(dataset, data_dir, data_file, columns_file, out, seeds, config_fil
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
 @click.option("--threads", type=click.IntRange(min=0), default=None, help="torch threads (0: default).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--init-from", "init_from", type=click.Path(path_type=Path), default=None,
+              help="A saved model to continue from on this (newer) data of the same kind: its configuration "
+                   "(below --preset and --config), weights and rates; new users, items and values get new rows.")
+@click.option("--model-class", "model_class", multiple=True, metavar="MODULE:CLASS|FILE.py:CLASS",
+              help="With --init-from: your own base model of the parent, as named when it was trained.")
 @preset_option
 @run_folder_options
-def train(dataset, data_dir, data_file, columns_file, config_file, out, seed, device, threads, quiet, preset_name,
-          resume, force) -> None:
+def train(dataset, data_dir, data_file, columns_file, config_file, out, seed, device, threads, quiet, init_from,
+          model_class, preset_name, resume, force) -> None:
     """Fit MetaSelector on every user of a dataset and write the saved model to --out."""
     import shutil
 
@@ -81,27 +86,42 @@ def train(dataset, data_dir, data_file, columns_file, config_file, out, seed, de
     from ..data.loading import load_dataset
     from ..data.splits import require_usable, split_users
     from ..estimator import MetaSelector
+    from ..models import resolve_model
     from ..run_folder import RunDirectory, run_identity
 
+    parent = None
+    if init_from is not None:
+        classes = {name: resolve_model(name, where="--model-class") for name in model_class}
+        parent = MetaSelector.load(init_from, model_classes=classes)
     overrides = {k: v for k, v in {"device": device, "threads": threads}.items() if v is not None}
-    config = load_config(dataset, config_file, overrides, preset_name)
+    config = load_config(dataset, config_file, overrides, preset_name,
+                         base=parent.config_.to_dict() if parent is not None else None)
     check_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     quiet = join_ranks(config.device) or quiet
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
-    data = load_dataset(dataset, data_dir, custom=custom_spec(data_file, columns_file), log=log)
+    data = load_dataset(dataset, data_dir, custom=custom_spec(data_file, columns_file), log=log,
+                        grow_from=parent.encoder_ if parent is not None else None)
     require_usable(split_users(data.users, data.timestamps, seed, test_fraction=0.0,
                                temporal=config.split == "temporal"), data.labels, data.name)
     identity = run_identity("train", config.to_dict(), data.sources, seed)
+    if parent is not None:  # a resume must continue the same parent
+        identity["init_from"] = parent.manifest_["files"]
     with RunDirectory(out, identity, resume=resume, force=force) as run:
         model = MetaSelector(config=config, seed=seed, device=config.device).fit(
-            data, progress=not quiet, log=log, state_dir=run.state_dir)
+            data, progress=not quiet, log=log, state_dir=run.state_dir, init_from=parent)
         if not distributed.current().main:
             return
         model.save(out)
         shutil.rmtree(run.state_dir, ignore_errors=True)  # the saved model holds all that is kept
     click.echo(f"wrote {out}/manifest.json and diagnostics.json", err=True)
+    if parent is not None:
+        click.echo(f"continued from {init_from}: {len(data.encoder.vocabularies['@user'])} users "
+                   f"({len(data.encoder.vocabularies['@user']) - len(parent.encoder_.vocabularies['@user'])} new), "
+                   f"{len(data.encoder.vocabularies['@item'])} items "
+                   f"({len(data.encoder.vocabularies['@item']) - len(parent.encoder_.vocabularies['@item'])} new)",
+                   err=True)
     click.echo(describe_selector(model.training_notes_, model.diagnostics_))
 
 

@@ -47,10 +47,12 @@ class EncodedDataset:
 
 
 
-def encode(raw: RawData, spec: FeatureSpec, label_threshold: float | None = 4.0) -> EncodedDataset:
+def encode(raw: RawData, spec: FeatureSpec, label_threshold: float | None = 4.0,
+           grow_from: FeatureEncoder | None = None) -> EncodedDataset:
     """Encode a parsed dataset into the global feature space of `spec`: every event with the
-    user's earlier events as its history, sorted by user, then time, then item."""
-    encoder = FeatureEncoder.fit(raw, spec, LabelRule(label_threshold))
+    user's earlier events as its history, sorted by user, then time, then item. `grow_from`: the
+    vocabularies extend that encoder's (see FeatureEncoder.fit)."""
+    encoder = FeatureEncoder.fit(raw, spec, LabelRule(label_threshold), grow_from=grow_from)
     frame = raw.interactions
     user_codes = encoder.lookup("@user", frame["user"])
     item_codes = encoder.lookup("@item", frame["item"])

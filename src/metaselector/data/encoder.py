@@ -79,14 +79,25 @@ class FeatureEncoder:
 
     # ---- fitting -------------------------------------------------------------------
     @classmethod
-    def fit(cls, raw: RawData, spec: FeatureSpec, label_rule: LabelRule | None = None) -> FeatureEncoder:
+    def fit(cls, raw: RawData, spec: FeatureSpec, label_rule: LabelRule | None = None,
+            grow_from: FeatureEncoder | None = None) -> FeatureEncoder:
+        """Vocabularies and side tables of `raw`. `grow_from` (continuing a saved model on new
+        data): every vocabulary is the union of that encoder's and the new data's, old items keep
+        their tags where the new data does not list them, so every old feature keeps a row."""
         frame = raw.interactions
         if len(frame) == 0:
             raise InputError(f"{raw.files[0] if raw.files else raw.name}: no interactions")
-        vocabularies = {"@user": _vocabulary(frame["user"]), "@item": _vocabulary(frame["item"])}
-        tags_by_key = {str(key): tags for key, tags in raw.item_tags.items()}
+        old = grow_from.vocabularies if grow_from is not None else {}
+
+        def grown(name: str, values: list[str]) -> list[str]:
+            return sorted(set(values) | set(old.get(name, []))) if old else values
+
+        vocabularies = {"@user": grown("@user", _vocabulary(frame["user"])),
+                        "@item": grown("@item", _vocabulary(frame["item"]))}
+        tags_by_key = {**(grow_from.tags_by_item() if grow_from is not None else {}),
+                       **{str(key): tags for key, tags in raw.item_tags.items()}}
         tag_lists = [tags_by_key.get(key, []) for key in vocabularies["@item"]]
-        vocabularies["@tag"] = sorted({t for tags in tag_lists for t in tags})
+        vocabularies["@tag"] = grown("@tag", sorted({t for tags in tag_lists for t in tags}))
         tag_index = {t: i for i, t in enumerate(vocabularies["@tag"])}
         tag_rows = np.repeat(np.arange(len(tag_lists)), [len(t) for t in tag_lists])
         tag_codes = np.array([tag_index[t] for tags in tag_lists for t in tags], dtype=np.int64)
@@ -104,15 +115,34 @@ class FeatureEncoder:
             values = frame[column].astype(str)
             if kind == "multi":
                 exploded = values.str.split(spec.multi_separator).explode()
-                vocabularies[fs.name] = _vocabulary(exploded[exploded.str.len() > 0])
+                vocabularies[fs.name] = grown(fs.name, _vocabulary(exploded[exploded.str.len() > 0]))
             else:
-                vocabularies[fs.name] = _vocabulary(values)
+                vocabularies[fs.name] = grown(fs.name, _vocabulary(values))
             # A column with one value per user (demographics) is kept per user, so online requests
             # need not repeat it; a column that varies per event must come with each event.
             per_user = pd.DataFrame({"user": as_keys(frame["user"]), "value": values}).drop_duplicates()
             if not per_user["user"].duplicated().any():
-                user_columns[column] = dict(zip(per_user["user"], per_user["value"], strict=True))
+                earlier = grow_from.user_columns.get(column, {}) if grow_from is not None else {}
+                user_columns[column] = {**earlier, **dict(zip(per_user["user"], per_user["value"], strict=True))}
         return cls(spec, vocabularies, item_tags, user_columns, label_rule or LabelRule())
+
+    def tags_by_item(self) -> dict[str, list[str]]:
+        """Each known item's tags, by raw item id."""
+        tags = self.vocabularies["@tag"]
+        return {item: [tags[c] for c in row if c >= 0]
+                for item, row in zip(self.vocabularies["@item"], self.item_tags, strict=True)}
+
+    def id_map_to(self, grown: FeatureEncoder) -> np.ndarray:
+        """The id in `grown` (an encoder grown from this one) of every feature id here [num_features];
+        id 0 (padding and unknown) stays 0."""
+        out = np.zeros(self.layout.num_features, dtype=np.int64)
+        for mine, theirs in zip(self.layout.fields, grown.layout.fields, strict=True):
+            codes = pd.Index(theirs.vocabulary).get_indexer(mine.vocabulary)
+            if (codes < 0).any():
+                raise InputError(f"field '{mine.name}': value {mine.vocabulary[int(np.flatnonzero(codes < 0)[0])]!r} "
+                                 "is missing from the grown vocabulary")
+            out[mine.offset:mine.offset + mine.size] = theirs.offset + codes
+        return out
 
     def _layout(self) -> FeatureLayout:
         """Fields with their id blocks and slot ranges (slot widths are fixed by the spec)."""

@@ -142,8 +142,12 @@ def load_dataset(
     use_cache: bool = True,
     mirror: str | None = None,
     log: Callable[[str], None] = print,
+    grow_from: FeatureEncoder | None = None,
 ) -> EncodedDataset:
-    """Parse and encode a dataset, reusing the cached encoding when inputs are unchanged."""
+    """Parse and encode a dataset, reusing the cached encoding when inputs are unchanged.
+    `grow_from`: encode with vocabularies grown from that encoder (a saved model's, continued on
+    this data; its feature layout must be this dataset's; the cache is not used, since the ids
+    depend on the parent)."""
     folder = None if name == "custom" else locate(name, data_dir, mirror, log)
     if name == "ml-latest-small" and data_dir is None:
         verify_builtin(folder)  # the shipped files must be the published 2018 release
@@ -152,6 +156,11 @@ def load_dataset(
                 if name == "custom" and custom else FEATURE_SPECS.get(name))
     if spec is None:
         raise InputError(f"no feature preset for dataset '{name}'")
+    if grow_from is not None:
+        if grow_from.spec != spec:
+            raise InputError(f"dataset '{name}': its feature layout ({_describe(spec)}) differs from the parent "
+                             f"model's ({_describe(grow_from.spec)}); a model continues only on data of its kind")
+        use_cache = False
     files = _files_of(name, folder, custom)
     for path in files:
         if not path.is_file():
@@ -172,11 +181,15 @@ def load_dataset(
         except Exception as err:  # any damage (empty, truncated, foreign file): rebuild it
             log(f"note: rebuilding the cache {cache_path} ({err.__class__.__name__}: {err})")
     threshold = (custom.threshold if custom.rating else None) if custom is not None else 4.0
-    encoded = encode(load_raw(name, folder, custom), spec, label_threshold=threshold)
+    encoded = encode(load_raw(name, folder, custom), spec, label_threshold=threshold, grow_from=grow_from)
     encoded.sources = sources
     if use_cache:
         _write_cache(cache_path, encoded, key)
     return encoded
+
+
+def _describe(spec: FeatureSpec) -> str:
+    return ", ".join(f"{f.name}={f.source}" for f in spec.fields) + f"; history {spec.history_length}"
 
 
 def _write_cache(path: Path, data: EncodedDataset, key: str) -> None:

@@ -98,6 +98,7 @@ class TrainingContext:
     notes: dict = field(default_factory=dict)
     state_dir: Path | None = None  # training state at epoch boundaries, for resuming
     adapted: dict = field(default_factory=dict)  # base model -> (its per-user-adaptation learner, notes)
+    parent: object | None = None  # continuation.ParentModel: a saved model this training continues
 
     @property
     def refit(self) -> bool:
@@ -149,8 +150,9 @@ def _probabilities(models: dict, tensors: TensorData, rows: np.ndarray, device) 
 
 def prepare_training(config: RunConfig, data: EncodedDataset, split: Split, seed: int, timer: Timer,
                      progress: bool = False, model_classes: dict[str, type[BaseModel]] | None = None,
-                     state_dir: Path | None = None) -> TrainingContext:
-    """Stages 1 and 2 of a seed: tasks from the split, then the base models."""
+                     state_dir: Path | None = None, parent=None) -> TrainingContext:
+    """Stages 1 and 2 of a seed: tasks from the split, then the base models. `parent` (a
+    continuation.ParentModel): base models and meta-training start from that saved model."""
     device = torch.device(config.device)
     tensors = TensorData.from_encoded(data)
     holdout = holdout_rows(split.support, config.pretrain.validation_fraction, seed)
@@ -158,7 +160,7 @@ def prepare_training(config: RunConfig, data: EncodedDataset, split: Split, seed
                              {m: pretrain_settings(config, m) for m in config.models}, tensors,
                              split.support, split.train, holdout, seed, device, progress,
                              on_support=config.meta.pretrain_on == "support", stage=timer, classes=model_classes,
-                             state_dir=state_dir)
+                             state_dir=state_dir, parent=parent)
     # Meta-training never sees the base models' validation rows: they are the held-out rows on
     # which the test-time setup is checked (meta stop_on = "held-out-rows").
     all_tasks = tasks_for(data.users, np.setdiff1d(split.support, holdout), split.query)
@@ -172,6 +174,6 @@ def prepare_training(config: RunConfig, data: EncodedDataset, split: Split, seed
         base=base, train_tasks=[all_tasks[i] for i in order[n_valid:]],
         valid_tasks=[all_tasks[i] for i in order[:n_valid]],
         check_tasks=sample_tasks(check_tasks, config.meta.check_users, int_seed(seed, "check-users")),
-        timer=timer, progress=progress, state_dir=state_dir)
+        timer=timer, progress=progress, state_dir=state_dir, parent=parent)
     context.notes["base_model_validation_rows"] = int(len(holdout))
     return context

@@ -48,10 +48,12 @@ def pretrain_models(names: list[str], layout: FeatureLayout, model_settings: dic
                     seed: int, device: torch.device, progress: bool, tag: str,
                     start: tuple[dict, dict] | None = None,
                     classes: dict[str, type[BaseModel]] | None = None,
-                    state_dir: Path | None = None) -> tuple[dict, dict]:
+                    state_dir: Path | None = None, parent=None) -> tuple[dict, dict]:
     """Pretrain every base model on `rows` with its own settings (`model_settings`, `settings`:
     name -> settings), early-stopping on `holdout`; with `start` (earlier models and their
-    results), continue those models instead, with their optimizer state."""
+    results), continue those models instead, with their optimizer state. `parent` (a
+    continuation.ParentModel): models start from a saved model's weights (kept if no epoch
+    improves on them)."""
     models, results = {}, {}
     for index, name in enumerate(names):
         model = new_model(name, index, layout, model_settings[name], seed, classes).to(device)
@@ -59,6 +61,9 @@ def pretrain_models(names: list[str], layout: FeatureLayout, model_settings: dic
         if start is not None:
             model.load_state_dict(start[0][name].state_dict())
             extra["optimizer_state"] = start[1][name].optimizer_state
+        elif parent is not None:
+            parent.start_model(name, model)
+            extra["warm_start"] = True
         # Each model's support run and its continuation draw batch orders from streams of their own.
         order = int_seed(seed, "batch-order", index, 0 if start is None else 1)
         results[name] = pretrain(model, tensors, rows, settings[name], seed=order, device=device,
@@ -73,12 +78,14 @@ def train_base_models(names: list[str], layout: FeatureLayout, model_settings: d
                       train: np.ndarray,
                       holdout: np.ndarray, seed: int, device: torch.device, progress: bool, on_support: bool,
                       stage: Callable[[str], object],
-                      classes: dict[str, type[BaseModel]] | None = None, state_dir: Path | None = None) -> BaseModels:
+                      classes: dict[str, type[BaseModel]] | None = None, state_dir: Path | None = None,
+                      parent=None) -> BaseModels:
     """Support models, then singles continued from them (`on_support`); or, without it, one set
-    pretrained on all training rows serving as both."""
+    pretrained on all training rows serving as both. `parent`: the first set starts from a saved
+    model's weights (see pretrain_models)."""
     common = dict(names=names, layout=layout, model_settings=model_settings, settings=settings,
                   tensors=tensors, holdout=holdout, seed=seed, device=device, progress=progress, classes=classes,
-                  state_dir=state_dir)
+                  state_dir=state_dir, parent=parent)
     if not on_support:
         with stage("pretrain base models (all training rows)"):
             models, _ = pretrain_models(rows=train, tag="train", **common)

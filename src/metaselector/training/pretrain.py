@@ -192,6 +192,7 @@ def pretrain(
     optimizer_state: dict | None = None,
     state: StateFile | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    warm_start: bool = False,
 ) -> PretrainResult:
     """Train `model` on `rows` (a validation slice of them held out), keep the best epoch.
 
@@ -199,7 +200,8 @@ def pretrain(
     random `validation_fraction` of `rows`. Warm start (continue training a pretrained model on
     more rows): pass the earlier run's `valid_rows` (held out again, so they stay unseen) and
     `optimizer_state`; the starting weights count as epoch 0, so they are kept if no epoch
-    improves on them. `state`: written at every epoch boundary and resumed from if present.
+    improves on them (`warm_start`: the same for weights set before the call, with a fresh
+    optimizer). `state`: written at every epoch boundary and resumed from if present.
     """
     valid_rows, train_rows = _split_validation(rows, valid_rows, settings.validation_fraction, seed)
     optimizer = make_optimizer(model, settings)
@@ -209,7 +211,7 @@ def pretrain(
                               torch.Generator().manual_seed(seed), device, progress, desc)
     # A warm start's starting weights are epoch 0, kept if no epoch improves on them.
     stopper = fit_with_early_stopping(learner, settings.epochs, settings.patience, state, tolerance=1e-5,
-                                      start_counts=optimizer_state is not None, on_epoch=on_epoch)
+                                      start_counts=optimizer_state is not None or warm_start, on_epoch=on_epoch)
     model.eval()
     best_optimizer = stopper.best_state["optimizer"] if stopper.best_state else {}
     return PretrainResult(stopper.best_epoch, stopper.best_value, stopper.history, best_optimizer, valid_rows)
