@@ -7,7 +7,8 @@ the test-time setup's LogLoss on the base models' shared validation slice (rows 
 trained on; up to 2,000 users adapting on their other training rows). Every variant is named by
 what it sets: "paper" is the paper row's settings (Algorithm 1 with section 5.3's values,
 `experiment/paper.py`), "validated" the [meta] table as configured (the project's defaults), and
-each --variant is a JSON of [meta] settings laid over the paper's, named "paper + key=value, ...".
+each --variant is a JSON of [meta] settings laid over the paper's (or, with --variant-base
+validated, over the configured ones), named "paper + key=value, ...".
 The per-user adaptation learners and their global blend ("adaptation + blend") are scored on the same rows, so the
 strongest simple alternative is judged by the same yardstick. Test metrics are printed beside,
 for the report only: choose by the `validation` column.
@@ -59,14 +60,14 @@ def adaptation_blend(context, test_tasks) -> dict:
             **scored(context, method.predict(context, test_tasks), test_tasks)}
 
 
-def named_variants(meta, overlays: list[dict], defaults: bool) -> list[tuple[str, object]]:
-    """(name, [meta] settings): the paper's and the configured ("validated") ones, then each overlay
-    laid over the paper's, named by what it sets."""
-    paper = paper_meta(meta)
-    out = [("paper", paper), ("validated", meta)] if defaults else []
+def named_variants(meta, overlays: list[dict], defaults: list[str], base: str = "paper") -> list[tuple[str, object]]:
+    """(name, [meta] settings): the paper's and the configured ("validated") ones (those named in
+    `defaults`), then each overlay laid over the `base` ones, named by what it sets."""
+    known = {"paper": paper_meta(meta), "validated": meta}
+    out = [(name, known[name]) for name in defaults]
     for overlay in overlays:
-        name = "paper + " + ", ".join(f"{k}={v}" for k, v in sorted(overlay.items()))
-        out.append((name, build(type(meta), {**paper.__dict__, **overlay}, f"variant {name}")))
+        name = f"{base} + " + ", ".join(f"{k}={v}" for k, v in sorted(overlay.items()))
+        out.append((name, build(type(meta), {**known[base].__dict__, **overlay}, f"variant {name}")))
     return out
 
 
@@ -77,8 +78,12 @@ def main() -> None:
     parser.add_argument("--models", default="LR,FM,FFM,DeepFM")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variant", action="append", default=[],
-                        help="JSON of [meta] settings laid over the paper's (repeatable)")
+                        help="JSON of [meta] settings laid over the paper's (or --variant-base's; repeatable)")
+    parser.add_argument("--variant-base", choices=["paper", "validated"], default="paper")
+    parser.add_argument("--defaults", nargs="*", choices=["paper", "validated"], default=["paper", "validated"],
+                        help="which of the two named variants to run")
     parser.add_argument("--no-defaults", action="store_true", help="skip the paper and validated variants")
+    parser.add_argument("--preset", default=None, help="a named preset over the dataset's (e.g. extended)")
     parser.add_argument("--base-meta", default="{}", help="JSON of [meta] settings for every learner")
     parser.add_argument("--no-baseline", action="store_true", help="skip the adaptation + blend learners")
     parser.add_argument("--threads", type=int, default=2)
@@ -87,12 +92,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base_meta = json.loads(args.base_meta)
-    config = load_config(args.dataset, None, {"models": args.models.split(","), "meta": base_meta})
-    variants = named_variants(config.meta, [json.loads(v) for v in args.variant], not args.no_defaults)
+    config = load_config(args.dataset, None, {"models": args.models.split(","), "meta": base_meta}, args.preset)
+    variants = named_variants(config.meta, [json.loads(v) for v in args.variant],
+                              [] if args.no_defaults else args.defaults, args.variant_base)
     data = load_dataset(args.dataset, args.data_dir, log=lambda m: None)
     for seed in args.seeds:
         split = split_users(data.users, data.timestamps, seed, temporal=config.split == "temporal")
-        tag = "".join(f"-{k}={v}" for k, v in sorted(base_meta.items()))
+        tag = "".join(f"-{k}={v}" for k, v in sorted(base_meta.items())) + (f"-{args.preset}" if args.preset else "")
         state = args.state / f"{args.dataset}-{'-'.join(config.models)}{tag}" / f"seed{seed}"
         context = prepare_training(config, data, split, seed, Timer(lambda m: None), state_dir=state)
         test_tasks = tasks_for(data.users, split.train, split.test)

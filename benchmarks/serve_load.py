@@ -11,6 +11,10 @@ RSS is read at its start and end. The client runs on the same 2 cores: its CPU s
 reported. A request's time is also broken down in this process (parse, encode, adapt, score).
 
     python -m benchmarks.serve_load --json [--seconds 20] [--soak 120] [--rate 40]
+    python -m benchmarks.serve_load --workload mixed --concurrency 32 --soak 0 --rate 0   (batching, real lengths)
+    python -m benchmarks.serve_load --workers 1 2 --threads 1 --concurrency 32 --soak 0 --rate 0 \
+        [--stored-history --history-db postgresql://USER@127.0.0.1/test]                (workers, stores)
+With several workers, the batch sizes reported are those of the worker that answered /v1/health.
 """
 
 from __future__ import annotations
@@ -38,15 +42,46 @@ import metaselector as ms
 from benchmarks.score import requests_for
 
 
+def _body(h: pd.DataFrame, c: pd.DataFrame) -> dict:
+    return {"user": str(h["user"].iloc[0]),
+            "history": [{"item": str(i), "label": int(y), "timestamp": int(t)}
+                        for i, y, t in zip(h["item"], h["label"], h["timestamp"], strict=True)],
+            "candidates": [{"item": str(i), "timestamp": int(t)}
+                           for i, t in zip(c["item"], c["timestamp"], strict=True)]}
+
+
 def bodies(data, history: int = 50, candidates: int = 100) -> list[dict]:
+    """The uniform workload: every user's 50 latest events, 100 catalogue items as candidates."""
+    return [_body(h, c) for h, c in requests_for(data, history, candidates)]
+
+
+def mixed_bodies(data, longest: int = 150, candidates: int = 100) -> list[dict]:
+    """The real, mixed-length workload: each user's own events split 80/20 by time; the first
+    80% (at most the latest `longest`) as history, the rest (at most `candidates`) as candidates."""
+    vocab = data.encoder.vocabularies
+    events = pd.DataFrame({"user": np.asarray(vocab["@user"])[data.users],
+                           "item": np.asarray(vocab["@item"])[data.items],
+                           "label": data.labels, "timestamp": data.timestamps})
     out = []
-    for h, c in requests_for(data, history, candidates):
-        out.append({"user": str(h["user"].iloc[0]),
-                    "history": [{"item": str(i), "label": int(y), "timestamp": int(t)}
-                                for i, y, t in zip(h["item"], h["label"], h["timestamp"], strict=True)],
-                    "candidates": [{"item": str(i), "timestamp": int(t)}
-                                   for i, t in zip(c["item"], c["timestamp"], strict=True)]})
-    return out
+    for _, rows in events.groupby("user", sort=False):
+        rows = rows.sort_values("timestamp", kind="stable")
+        cut = max(1, int(len(rows) * 0.8))
+        out.append(_body(rows.iloc[:cut].tail(longest), rows.iloc[cut:].head(candidates)))
+    # a fixed random order, so that the clients' requests mix short and long histories
+    order = np.random.default_rng(0).permutation(len(out))
+    return [out[i] for i in order]
+
+
+def stored(url: str, requests: list[dict]) -> list[dict]:
+    """Write each user's history to the server's history store (deleted first, so that a shared
+    PostgreSQL store starts equal on every run) and return the requests without it: each score
+    then reads the user's history from the store."""
+    with httpx.Client(timeout=60) as client:
+        for request in requests:
+            client.delete(f"{url}/v1/users/{request['user']}/history").raise_for_status()
+            client.post(f"{url}/v1/events", json={"user": request["user"], "events": request["history"]}
+                        ).raise_for_status()
+    return [{k: v for k, v in request.items() if k != "history"} for request in requests]
 
 
 class ServerProcess:
@@ -217,11 +252,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[],
                         help="also measure the batching server with these worker counts at 32 clients")
     parser.add_argument("--history-db", default=None, help="e.g. postgresql://USER@HOST/DB (default: SQLite files)")
+    parser.add_argument("--workload", choices=["uniform", "mixed"], default="uniform",
+                        help="uniform: 50-event histories, 100 candidates; mixed: each user's real history (80%% "
+                             "of their events, at most 150) and real candidates (the rest, at most 100)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="closed-loop levels")
+    parser.add_argument("--stored-history", action="store_true",
+                        help="histories written to the store first (POST /v1/events); scores read them from it")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = ms.load_data("ml-latest-small")
-    requests = bodies(data)
-    report: dict = {"users": len(requests), "history_events": 50, "candidates": 100, "server_threads": args.threads}
+    requests = bodies(data) if args.workload == "uniform" else mixed_bodies(data)
+    lengths = [len(r["history"]) for r in requests]
+    report: dict = {"users": len(requests), "workload": args.workload, "server_threads": args.threads,
+                    "history_events": {"min": min(lengths), "median": statistics.median(lengths), "max": max(lengths)},
+                    "candidates": {"min": min(len(r["candidates"]) for r in requests),
+                                   "max": max(len(r["candidates"]) for r in requests)},
+                    "history_db": "postgresql" if args.history_db else "sqlite",
+                    "history_from": "store" if args.stored_history else "request"}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         ms.MetaSelector(config={"pretrain": {"epochs": 1}, "meta": {"epochs": 1, "max_episodes": 20}}).fit(
@@ -231,27 +278,36 @@ def main() -> None:
             server = ServerProcess(model_dir, args.history_db or Path(tmp) / f"w{workers}.sqlite", 64, args.threads,
                                    workers)
             try:
-                report[f"workers_{workers}"] = measured(server, closed_loop(server.url, requests, 32, args.seconds))
+                load = stored(server.url, requests) if args.stored_history else requests
+                report[f"workers_{workers}"] = measured(server, closed_loop(server.url, load, 32, args.seconds))
             finally:
                 server.stop()
         for max_batch in (64, 1):
             server = ServerProcess(model_dir, args.history_db or Path(tmp) / f"h{max_batch}.sqlite", max_batch,
                                    args.threads)
             try:
-                levels = [measured(server, closed_loop(server.url, requests, c, args.seconds)) for c in (1, 8, 32)]
+                load = stored(server.url, requests) if args.stored_history else requests
+                levels = [measured(server, closed_loop(server.url, load, c, args.seconds))
+                          for c in args.concurrency]
                 entry = {"closed_loop": levels}
-                if max_batch > 1:
-                    entry["open_loop"] = measured(server, open_loop(server.url, requests, args.rate, args.seconds))
+                if max_batch > 1 and args.rate > 0:
+                    entry["open_loop"] = measured(server, open_loop(server.url, load, args.rate, args.seconds))
+                if max_batch > 1 and args.soak > 0:
                     rss_start = server.rss_mb()
-                    entry["soak"] = measured(server, closed_loop(server.url, requests, 32, args.soak))
+                    entry["soak"] = measured(server, closed_loop(server.url, load, 32, args.soak))
                     entry["soak"].update({"rss_start_mb": rss_start, "rss_end_mb": server.rss_mb(),
                                           "rss_growth": server.rss_mb() / rss_start - 1, "seconds": args.soak})
                 report[f"max_batch_{max_batch}"] = entry
             finally:
                 server.stop()
-    batched = report["max_batch_64"]["closed_loop"][2]["users_per_second"]
-    single = report["max_batch_1"]["closed_loop"][2]["users_per_second"]
-    report["concurrency_32_speedup_from_batching"] = batched / single
+    top = max(args.concurrency)
+    batched = report["max_batch_64"]["closed_loop"][-1]["users_per_second"]
+    single = report["max_batch_1"]["closed_loop"][-1]["users_per_second"]
+    report[f"concurrency_{top}_speedup_from_batching"] = batched / single
+    if len(args.workers) > 1:
+        first, last = args.workers[0], args.workers[-1]
+        report[f"workers_{last}_over_{first}"] = (report[f"workers_{last}"]["users_per_second"] /
+                                                  report[f"workers_{first}"]["users_per_second"])
     print(json.dumps(report, indent=None if args.json else 1))
 
 

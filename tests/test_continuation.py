@@ -137,3 +137,18 @@ def test_other_layout_or_settings_are_refused_with_one_line(parent_dir, tmp_path
     fewer = _train(tmp_path, FIXTURES / "ml-1m", tmp_path / "z", "--init-from", str(parent_dir), "--config",
                    str(tmp_path / "fewer.toml"))
     assert fewer.returncode == 2 and "base models" in fewer.stderr
+
+
+def test_continued_training_holds_out_only_events_newer_than_the_parent(parent_dir):
+    from metaselector.training.base_models import holdout_rows
+
+    parent = ms.MetaSelector.load(parent_dir)
+    times = _ratings().timestamp.astype(int)
+    assert parent.trained_until_ == times[times <= times.quantile(0.8)].max()  # the earlier data's last event
+    data = ms.load_data("movielens-1m", FIXTURES / "ml-1m", grow_from=parent.encoder_)
+    newer = ParentModel(parent, data.encoder, parent_dir).unseen_rows(data)
+    assert len(newer) and (data.timestamps[newer] > parent.trained_until_).all()
+    support = np.arange(len(data.labels))
+    held_out = holdout_rows(support, 0.1, seed=0, among=newer)
+    assert len(held_out) == min(len(newer), round(0.1 * len(support)))
+    assert np.isin(held_out, newer).all()

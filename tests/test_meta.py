@@ -314,3 +314,22 @@ def test_metaselector_starts_from_each_models_own_adaptation(ml1m_fixture, monke
     # a model whose own meta-training kept its epoch 0 starts from its pretrained weights; at least
     # one did not, so the start is not simply the pretrained models
     assert moved and all(context.adapted[m][1]["best_epoch"] > 0 for m in moved)
+
+
+def test_length_groups_cover_every_user_once_and_bound_padding():
+    from metaselector.selection.metasgd import MAX_PADDING, ROW_BUDGET, SMALL_PADDING, length_groups
+
+    rng = np.random.default_rng(0)
+    support, evaluation = rng.integers(16, 150, 300), rng.integers(4, 101, 300)
+    groups = length_groups(support, evaluation, max_users=64)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(300))
+    for group in groups:
+        assert len(group) <= 64
+        padded = len(group) * (support[group].max() + evaluation[group].max())
+        if len(group) > 1:
+            assert padded <= ROW_BUDGET
+            assert padded - (support[group] + evaluation[group]).sum() <= max(MAX_PADDING * padded, SMALL_PADDING)
+    # equal lengths: one group up to the budget; real mixed lengths: split by length
+    assert len(length_groups(np.full(32, 50), np.full(32, 100), max_users=64)) == 1
+    mixed = length_groups(support[:32], evaluation[:32], max_users=64)
+    assert len(mixed) > 1 and [len(g) for g in mixed] != [32]

@@ -6,6 +6,7 @@ it is unset)."""
 import os
 import signal
 import sqlite3
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -81,6 +82,67 @@ def test_two_workers_store_every_acknowledged_event_exactly_once(model_dir, tmp_
         served = {s.value for s in _families(server.url)["metaselector_requests"].samples
                   if s.name.endswith("_total") and s.labels["endpoint"] == "/v1/events"}
         assert served == {64.0}  # both workers' counts, added up
+    finally:
+        server.stop()
+
+
+def _worker_pids(url: str, connections: int) -> list[int]:
+    """The worker that answers each of `connections` new connections."""
+    pids = []
+    for _ in range(connections):
+        with httpx.Client() as client:  # a connection of its own
+            pids.append(client.get(f"{url}/v1/health", timeout=10).json()["worker_pid"])
+    return pids
+
+
+def test_workers_each_listen_so_connections_spread_and_one_that_dies_is_replaced(model_dir, tmp_path,
+                                                                                 serve_process):
+    server = serve_process(model_dir, tmp_path / "h.sqlite", "--workers", "2")
+    try:
+        # SO_REUSEPORT: the kernel hashes each connection to one worker's socket; all 24 on one
+        # worker would happen with probability 2 * 2**-24
+        pids = _worker_pids(server.url, 24)
+        assert len(set(pids)) == 2
+        os.kill(pids[0], signal.SIGKILL)
+        for _ in range(300):
+            now = set(_worker_pids(server.url, 16))
+            if len(now) == 2 and pids[0] not in now:
+                break
+            time.sleep(0.2)
+        assert len(now) == 2 and pids[0] not in now  # a new worker took its place
+        assert "exited with status -9; starting another" in server.log()
+    finally:
+        server.stop()
+
+
+def test_sighup_reloads_every_worker(model_dir, tmp_path, serve_process):
+    import shutil
+
+    import torch
+
+    import metaselector as ms
+
+    served = tmp_path / "served"
+    shutil.copytree(model_dir, served)
+    server = serve_process(served, tmp_path / "h.sqlite", "--workers", "2")
+    try:
+        before = httpx.get(f"{server.url}/v1/health").json()["model"]
+        model = ms.MetaSelector.load(served)
+        with torch.no_grad():
+            for p in model.module_.params.values():
+                p.mul_(0.5)
+        model.save(served)  # a new model written where --model points
+        os.kill(server.process.pid, signal.SIGHUP)  # to the parent, which passes it on
+        for _ in range(300):
+            seen = {}
+            for _ in range(16):
+                with httpx.Client() as client:
+                    health = client.get(f"{server.url}/v1/health", timeout=10).json()
+                seen[health["worker_pid"]] = health["model"]
+            if len(seen) == 2 and before not in seen.values():
+                break
+            time.sleep(0.2)
+        assert len(seen) == 2 and before not in seen.values() and len(set(seen.values())) == 1
     finally:
         server.stop()
 

@@ -120,6 +120,7 @@ class MetaSelector:
         context = prepare_training(config, data, split, self.seed, timer, progress, classes,
                                    Path(state_dir) if state_dir is not None else None, parent=parent)
         self.parent_ = parent.record() if parent is not None else None
+        self.trained_until_ = int(data.timestamps.max())
         return self._fit_context(context, classes)
 
     def _parent(self, init_from: str | Path | MetaSelector, data: EncodedDataset):

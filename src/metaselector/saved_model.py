@@ -34,6 +34,8 @@ from .models.base import MODEL_REGISTRY
 from .selection.ensemble import Ensemble
 from .selection.metasgd import MetaSGDEnsemble
 from .selection.selector import Selector
+from .selection.user_profile import FEATURES as PROFILE_FEATURES
+from .selection.user_profile import UserProfile
 
 FORMAT_VERSION = 1
 FILES = ("encoder.json", "weights.safetensors")
@@ -68,6 +70,8 @@ def save_model(model, directory: Path) -> Path:
         "selector_kind": model.diagnostics_.get("selector_kind", "unknown"),
         # the saved model this one continued (train --init-from), else null
         "parent": getattr(model, "parent_", None),
+        # the latest event's time in the training data: a continued model holds out newer events
+        "trained_until": getattr(model, "trained_until_", None),
         "files": {name: sha256_of(directory / name) for name in FILES},
     }
     atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=2) + "\n")
@@ -137,6 +141,8 @@ def load_model(cls, directory: Path, device: str, classes: dict):
                       else {}, manifest["seed"], validation if isinstance(validation, dict) else {},
                       _informational_diagnostics(directory, manifest))
     model.manifest_, model.directory_ = manifest, directory
+    until = manifest.get("trained_until")
+    model.trained_until_ = until if isinstance(until, int) and not isinstance(until, bool) else None
     return model
 
 
@@ -144,9 +150,12 @@ def build_module(config: RunConfig, layout, classes: dict, device: str = "cpu") 
     """The inference module of a configuration: its base models (of `classes`, name -> class) and
     selector, freshly initialised; no optimizer."""
     models = {name: build_model(name, layout, model_settings(config, name), classes[name]) for name in config.models}
+    reads_profile = config.meta.selector_user_profile
     selector = Selector(layout, ModelSettings(config.embedding_dim, list(config.meta.selector_hidden)),
-                        len(models), uses_predictions=config.meta.selector_uses_predictions)
-    return MetaSGDEnsemble(Ensemble(models, selector), config.meta, device)
+                        len(models), uses_predictions=config.meta.selector_uses_predictions,
+                        profile_features=len(PROFILE_FEATURES) if reads_profile else 0)
+    return MetaSGDEnsemble(Ensemble(models, selector), config.meta, device,
+                           UserProfile.empty(layout) if reads_profile else None)
 
 
 def _informational_diagnostics(directory: Path, manifest: dict) -> dict:

@@ -120,15 +120,15 @@ def _checked_app(options: dict):
 
 
 def _run(app, options: dict, host: str, port: int, workers: int) -> None:
-    """uvicorn with the app (one worker), or N worker processes that each build it (several; the
-    Prometheus client then adds up the workers' metrics from files in a shared folder)."""
-    import json
+    """uvicorn with the app (one worker), or N worker processes that each build it and listen on
+    the port with a socket of their own (serving/supervisor.py; the Prometheus client then adds
+    up the workers' metrics from files in a shared folder)."""
     import os
     import tempfile
 
     import uvicorn
 
-    from ..serving.worker import ENV
+    from ..serving.supervisor import run_workers
 
     # Connection limits: uvicorn answers 503 past max_connections, closes idle keep-alive
     # connections, and caps an incomplete request head (h11) at 16 KiB; the app caps the body's
@@ -139,10 +139,8 @@ def _run(app, options: dict, host: str, port: int, workers: int) -> None:
     if app is not None:
         uvicorn.run(app, host=host, port=port, **limits)
         return
-    os.environ[ENV] = json.dumps(options)
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="metaselector-metrics-"))
-    uvicorn.run("metaselector.serving.worker:create_from_environment", factory=True, workers=workers, host=host,
-                port=port, **limits)
+    run_workers(options, host, port, workers, limits)
 
 
 def _loopback(host: str) -> bool:

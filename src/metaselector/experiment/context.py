@@ -24,6 +24,8 @@ from ..random_streams import generator, int_seed
 from ..selection.meta_settings import MetaSettings
 from ..selection.selector import Selector, global_mixture_logits, start_from_mixture
 from ..selection.tasks import UserTask, sample_tasks, tasks_for
+from ..selection.user_profile import FEATURES as PROFILE_FEATURES
+from ..selection.user_profile import UserProfile
 from ..training.base_models import BaseModels, holdout_rows, train_base_models
 from ..training.pretrain import PretrainSettings
 from ..training.tensors import TensorData, predict
@@ -133,12 +135,20 @@ class TrainingContext:
         rows = np.concatenate([t.query for t in self.train_tasks])
         return global_mixture_logits(self.support_probabilities[rows], self.tensors.labels[rows])
 
+    @cached_property
+    def user_profile(self) -> UserProfile:
+        """User profiles' constants (item popularity, scaling) from the meta-training users'
+        support rows: the selector's user-level inputs and feature-weighted stacking's."""
+        return UserProfile.fit(self.data.layout, self.tensors.ids, self.tensors.labels,
+                               [t.support for t in self.train_tasks])
+
     def new_selector(self, meta: MetaSettings) -> Selector:
         """A user-level selector for the [meta] settings `meta`, initialised from the seed (and
         from the blend, with selector_start = "global-mixture")."""
         torch.manual_seed(int_seed(self.seed, "selector-init"))
         selector = Selector(self.data.layout, ModelSettings(self.config.embedding_dim, list(meta.selector_hidden)),
-                            len(self.config.models), uses_predictions=meta.selector_uses_predictions)
+                            len(self.config.models), uses_predictions=meta.selector_uses_predictions,
+                            profile_features=len(PROFILE_FEATURES) if meta.selector_user_profile else 0)
         if meta.selector_start == "global-mixture":
             start_from_mixture(selector, self.blend_logits)
         return selector
@@ -155,7 +165,8 @@ def prepare_training(config: RunConfig, data: EncodedDataset, split: Split, seed
     continuation.ParentModel): base models and meta-training start from that saved model."""
     device = torch.device(config.device)
     tensors = TensorData.from_encoded(data)
-    holdout = holdout_rows(split.support, config.pretrain.validation_fraction, seed)
+    newer = parent.unseen_rows(data) if parent is not None else None
+    holdout = holdout_rows(split.support, config.pretrain.validation_fraction, seed, among=newer)
     base = train_base_models(list(config.models), data.layout, {m: model_settings(config, m) for m in config.models},
                              {m: pretrain_settings(config, m) for m in config.models}, tensors,
                              split.support, split.train, holdout, seed, device, progress,
@@ -176,4 +187,6 @@ def prepare_training(config: RunConfig, data: EncodedDataset, split: Split, seed
         check_tasks=sample_tasks(check_tasks, config.meta.check_users, int_seed(seed, "check-users")),
         timer=timer, progress=progress, state_dir=state_dir, parent=parent)
     context.notes["base_model_validation_rows"] = int(len(holdout))
+    if newer is not None:
+        timer.log(f"held-out rows: {len(holdout)} of the {len(newer)} events newer than the parent model's data")
     return context

@@ -49,6 +49,7 @@ PAPER: dict[str, PaperValue] = {
     "meta.first_order": _same(False, "4.2: MAML through the inner step (second order)"),
     "meta.selector_hidden": _same([200, 200, 200], "5.3: a 200-200-200 MLP selector"),
     "meta.selector_uses_predictions": _same(False, "4.1: in practice an MLP on x only"),
+    "meta.selector_user_profile": _same(False, "4.1: the selector sees x only"),
     "meta.model_loss": _same("mixture", "Algorithm 1 lines 12, 18: the mixture's LogLoss for theta and phi"),
     "meta.model_start": _same("pretrained", "Algorithm 1 line 3: theta pretrained"),
     "meta.pretrain_on": _same("train", "Algorithm 1 line 3: pretrained on the union of the users' training sets"),
@@ -79,8 +80,8 @@ STRUCTURAL = (
 
 # The settings the paper row takes from the paper (and from OPEN_CHOICES); the rest of [meta]
 # (sizes, epochs, the inner rate) comes from the run's configuration, whose defaults are the paper's.
-_PAPER_ROW_FIXED = ("learn_inner_lr", "first_order", "selector_uses_predictions", "model_loss", "model_start",
-                    "pretrain_on", "refit_base_models")
+_PAPER_ROW_FIXED = ("learn_inner_lr", "first_order", "selector_uses_predictions", "selector_user_profile",
+                    "model_loss", "model_start", "pretrain_on", "refit_base_models")
 
 
 def paper_meta(meta: MetaSettings) -> MetaSettings:

@@ -51,16 +51,17 @@ class Ensemble(nn.Module):
             per_model.append(torch.sigmoid(functional_call(module, own, (batch,))))
         return torch.stack(per_model, dim=-1)
 
-    def mixture(self, params: dict[str, torch.Tensor], batch: Batch,
-                stacked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def mixture(self, params: dict[str, torch.Tensor], batch: Batch, stacked: torch.Tensor | None = None,
+                profile: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(final probability [N], the selector's weights [N, K]) under the parameter dict `params`
-        (`stacked`: the base models' probabilities, if already computed)."""
+        (`stacked`: the base models' probabilities, if already computed; `profile`: the user's
+        profile, for a selector that reads it)."""
         if stacked is None:
             stacked = self.per_model(params, batch)
         if self.selector is None:
             return stacked[:, 0], torch.ones_like(stacked)
         own = {k[9:]: v for k, v in params.items() if k.startswith("selector.")}
-        weights = functional_call(self.selector, own, (batch, stacked))
+        weights = functional_call(self.selector, own, (batch, stacked, profile))
         return mix(weights, stacked), weights
 
     def probabilities(self, params: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
@@ -68,7 +69,7 @@ class Ensemble(nn.Module):
         return self.mixture(params, batch)[0]
 
     def loss(self, params: dict[str, torch.Tensor], batch: Batch, labels: torch.Tensor,
-             mask: torch.Tensor | None = None, *, model_loss: str) -> torch.Tensor:
+             mask: torch.Tensor | None = None, *, model_loss: str, profile: torch.Tensor | None = None) -> torch.Tensor:
         """Mean LogLoss of the mixture; with `mask`, the mean over the rows where it is 1 (padded
         batches).
 
@@ -79,9 +80,9 @@ class Ensemble(nn.Module):
         by a fraction of what its own loss would; "own" adapts each as if it were alone."""
         stacked = self.per_model(params, batch)
         if model_loss == "mixture" or self.selector is None:
-            return _mean_logloss(self.mixture(params, batch, stacked)[0], labels, mask)
+            return _mean_logloss(self.mixture(params, batch, stacked, profile)[0], labels, mask)
         fixed = stacked.detach()
-        selector_loss = _mean_logloss(self.mixture(params, batch, fixed)[0], labels, mask)
+        selector_loss = _mean_logloss(self.mixture(params, batch, fixed, profile)[0], labels, mask)
         own = sum(_mean_logloss(stacked[:, k], labels, mask) for k in range(stacked.shape[1]))
         return selector_loss + own
 

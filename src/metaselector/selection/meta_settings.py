@@ -45,6 +45,9 @@ class MetaSettings:
     # the start should be the best fixed blend.
     selector_start: str = setting("global-mixture", Options(("uniform", "global-mixture")))
     selector_uses_predictions: bool = setting(True)  # chosen by held-out users' query LogLoss
+    # The selector also sees the user's profile from their support rows (selection/user_profile.py:
+    # event count, positive rate, mean item popularity). Off by default: see docs/findings.md.
+    selector_user_profile: bool = setting(False)
     # What each base model's parameters descend, in the inner step and the outer step: "mixture"
     # (the paper: the mixture's LogLoss) or "own" (the model's own LogLoss; the selector still
     # descends the mixture's). See Ensemble.loss. "own" won on held-out rows (docs/findings.md).

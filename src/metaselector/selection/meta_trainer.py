@@ -90,8 +90,14 @@ class MetaTrainer:
             position = torch.searchsorted(rows, user_rows)
             params = {n: (v[position] if n in m.ensemble.tables else v) for n, v in leaves.items()}
             rates = {n: (v[position] if n in m.ensemble.tables else v) for n, v in alphas.items()}
-            adapted = m.adapt(params, rates, s_batch, s_labels, create_graph=not m.settings.first_order)
-            query_loss = m.ensemble.loss(adapted, q_batch, q_labels, model_loss=m.settings.model_loss)
+            profile = None
+            if m.profile is not None:  # from the user's support rows only
+                popularity = m.profile.popularity[user_rows][s_batch.ids[:, m.profile.item_slot]]
+                profile = m.profile.features(popularity, s_labels)
+            adapted = m.adapt(params, rates, s_batch, s_labels, create_graph=not m.settings.first_order,
+                              profile=profile)
+            query_loss = m.ensemble.loss(adapted, q_batch, q_labels, model_loss=m.settings.model_loss,
+                                         profile=profile)
             (query_loss / len(tasks)).backward()
             total += query_loss.item()
         if distributed.current().active:

@@ -10,32 +10,40 @@ from ..models.layers import mlp
 
 
 class Selector(BaseModel):
-    """lambda = softmax(MLP([pooled field embeddings, optionally the K predictions]))."""
+    """lambda = softmax(MLP([pooled field embeddings, optionally the K predictions, optionally
+    the user's profile]))."""
 
     table_names = ("embedding",)
     model_name = "Selector"
 
-    def __init__(self, layout, settings: ModelSettings, num_models: int, uses_predictions: bool = False) -> None:
+    def __init__(self, layout, settings: ModelSettings, num_models: int, uses_predictions: bool = False,
+                 profile_features: int = 0) -> None:
         super().__init__(layout, settings)
         k = settings.embedding_dim
-        self.uses_predictions = uses_predictions
+        self.uses_predictions, self.profile_features = uses_predictions, profile_features
         self.embedding = self.table(layout.num_features, (k,))
-        inputs = layout.num_fields * k + (num_models if uses_predictions else 0)
+        inputs = layout.num_fields * k + (num_models if uses_predictions else 0) + profile_features
         self.deep = mlp(inputs, settings.hidden, 0.0, num_models)
         # Start from the uniform mixture: the average of the base models.
         nn.init.zeros_(self.deep[-1].weight)
         nn.init.zeros_(self.deep[-1].bias)
 
-    def scores(self, batch: Batch, predictions: torch.Tensor | None = None) -> torch.Tensor:
-        """Unnormalised selection scores [N, K]."""
+    def scores(self, batch: Batch, predictions: torch.Tensor | None = None,
+               profile: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised selection scores [N, K]; `profile`: the user's profile [F] (one user)."""
         embedded = weighted_rows(self.embedding, batch)
         features = pool_fields(embedded, self.field_of_slot, self.layout.num_fields).flatten(1)
         if self.uses_predictions:
             features = torch.cat([features, predictions], dim=1)
+        if self.profile_features:
+            if profile is None:
+                raise ValueError("this selector reads the user's profile: pass profile=")
+            features = torch.cat([features, profile.to(features.dtype).expand(features.shape[0], -1)], dim=1)
         return self.deep(features)
 
-    def forward(self, batch: Batch, predictions: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.softmax(self.scores(batch, predictions), dim=-1)
+    def forward(self, batch: Batch, predictions: torch.Tensor | None = None,
+                profile: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.softmax(self.scores(batch, predictions, profile), dim=-1)
 
 
 def mix(weights: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:

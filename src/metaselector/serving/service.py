@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import Counter
 
@@ -187,7 +188,9 @@ class Service:
             store = f"unavailable ({err})"
         sizes = {str(k): v for k, v in sorted(self.batcher.batch_sizes.items()) if v}
         ok = alive and store == "ok"
+        # worker_pid: which worker process answered (serve --workers N); never user data
         body = {"status": "ok" if ok else "unavailable", "scoring_thread": "alive" if alive else "stopped",
+                "worker_pid": os.getpid(),
                 "store": store, "model": self.model_id, **self.stats, "queue": self.batcher.waiting,
                 "evicted_events": getattr(self.store, "evicted", 0),
                 "batch_sizes": sizes, "busy_seconds": self.batcher.busy_seconds, **self.timings}

@@ -1,16 +1,11 @@
-"""One serving process built from options in the environment: `serve --workers N` has uvicorn
-start N processes, each calling `create_from_environment`, so every worker loads the model and
-opens the history store itself and has its own batcher and torch threads (the scoring thread
-of one process keeps about one core busy; N processes use N). The parent checked the options
-before starting them, so a worker only fails for reasons that arise after that check.
+"""One serving process's app, built from `serve`'s options: `serve --workers N` starts N
+processes (supervisor.py), each building its own, so every worker loads the model and opens the
+history store itself and has its own batcher and torch threads (the scoring thread of one
+process keeps about one core busy; N processes use N). The parent checked the options before
+starting them, so a worker only fails for reasons that arise after that check.
 """
 
 from __future__ import annotations
-
-import json
-import os
-
-ENV = "METASELECTOR_SERVE"
 
 
 def build_app(options: dict):
@@ -36,7 +31,3 @@ def build_app(options: dict):
                        settings.retention_days * 86_400 or None)
     keys = KeyRing.read(options["api_keys"]) if options["api_keys"] else None
     return create_app(model, store, settings, keys=keys, model_path=options["model"], classes=classes)
-
-
-def create_from_environment():
-    return build_app(json.loads(os.environ[ENV]))

@@ -29,11 +29,15 @@ class BaseModels:
     singles: dict[str, BaseModel]  # the same models continued on all training rows
 
 
-def holdout_rows(support: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def holdout_rows(support: np.ndarray, fraction: float, seed: int, among: np.ndarray | None = None) -> np.ndarray:
     """The base models' validation slice: one random `fraction` of the support rows, shared by
-    every model, so no base model (support-trained or continued) ever trains on it."""
-    shuffled = generator(seed, "holdout").permutation(support)
-    return np.sort(shuffled[:max(1, int(round(len(support) * fraction)))])
+    every model, so no base model (support-trained or continued) ever trains on it. `among`:
+    drawn from those rows only (as many as there are, up to the fraction): a continued model's
+    parent trained on the other rows, so they would flatter it."""
+    size = max(1, int(round(len(support) * fraction)))
+    pool = support if among is None else np.intersect1d(support, among)
+    shuffled = generator(seed, "holdout").permutation(pool)
+    return np.sort(shuffled[:size])
 
 
 def new_model(name: str, index: int, layout: FeatureLayout, settings: ModelSettings, seed: int,
