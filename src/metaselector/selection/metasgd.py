@@ -230,9 +230,12 @@ class MetaSGDEnsemble:
 ROW_BUDGET = 1 << 13
 # A group may pad at most this share of its rows (or SMALL_PADDING rows): a vmapped call pads
 # every user to the group's longest support and evaluation rows, and on real histories (16 to
-# 149 events) one group of 32 users spent about half its rows on padding.
-MAX_PADDING = 0.2
-SMALL_PADDING = 256
+# 150 events) one group of 32 users spent about half its rows on padding. Splitting costs a
+# call each: on 32 such users (ml-latest-small, 2 threads, score_users) no split 43 users/s,
+# 0.2 / 256 rows 59-61, 0.25 / 512 rows 62, 0.35 / 1024 rows 55-60; on 8 users splitting
+# loses a little (42 unsplit, 38 split).
+MAX_PADDING = 0.25
+SMALL_PADDING = 512
 
 
 def length_groups(support: np.ndarray, evaluation: np.ndarray, max_users: int,
