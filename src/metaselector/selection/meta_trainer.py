@@ -92,8 +92,7 @@ class MetaTrainer:
             rates = {n: (v[position] if n in m.ensemble.tables else v) for n, v in alphas.items()}
             profile = None
             if m.profile is not None:  # from the user's support rows only
-                popularity = m.profile.popularity[user_rows][s_batch.ids[:, m.profile.item_slot]]
-                profile = m.profile.features(popularity, s_labels)
+                profile = m.profile.of_user(m.profile.popularity[user_rows], s_batch.ids, s_labels)
             adapted = m.adapt(params, rates, s_batch, s_labels, create_graph=not m.settings.first_order,
                               profile=profile)
             query_loss = m.ensemble.loss(adapted, q_batch, q_labels, model_loss=m.settings.model_loss,

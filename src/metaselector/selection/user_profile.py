@@ -74,6 +74,12 @@ class UserProfile:
         popularity = (row_popularity * mask).sum() / n.clamp(min=1)
         return (torch.stack([log_events, rate, popularity]) - self.mean) / self.std
 
+    def of_user(self, row_popularity: torch.Tensor, support_ids: torch.Tensor, labels: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The profile of one user in the inner step, whose `support_ids` are positions in their
+        own table rows and `row_popularity` those rows' popularity."""
+        return self.features(row_popularity[support_ids[:, self.item_slot]], labels, mask)
+
     # ---- saving ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"profile/popularity": self.popularity.contiguous(),
