@@ -147,6 +147,23 @@ def test_sighup_reloads_every_worker(model_dir, tmp_path, serve_process):
         server.stop()
 
 
+def test_only_the_scoring_thread_runs_torch_with_several_threads(model_dir, tmp_path, events, serve_process):
+    """--threads is the scoring thread's; the event loop (and model loading) keep one torch
+    thread, so OpenMP never holds more threads than the scorer asked for (see
+    service.scoring_thread_setup). Also after a reload, which loads on another thread."""
+    server = serve_process(model_dir, tmp_path / "h.sqlite", "--threads", "2")
+    try:
+        user = str(events.user.iloc[0])
+        body = {"user": user, "history": _events(events, user, 5), "candidates": [{"item": "1", "timestamp": 1}]}
+        assert server.post("/v1/score", body).status_code == 200
+        assert httpx.get(f"{server.url}/v1/health").json()["torch_threads"] == {"scoring": 2, "event_loop": 1}
+        assert server.post("/v1/admin/reload", {"model": str(model_dir)}).status_code == 200
+        assert server.post("/v1/score", body).status_code == 200
+        assert httpx.get(f"{server.url}/v1/health").json()["torch_threads"] == {"scoring": 2, "event_loop": 1}
+    finally:
+        server.stop()
+
+
 @needs_postgres
 def test_postgres_store_caps_idempotency_and_deletion():
     from metaselector.serving.postgres_store import PostgresHistoryStore

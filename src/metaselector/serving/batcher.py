@@ -30,8 +30,10 @@ class Closing(Exception):
 
 
 class Batcher:
-    def __init__(self, score: Callable[[list], list], max_batch: int, queue_size: int) -> None:
-        self.score, self.max_batch = score, max_batch
+    def __init__(self, score: Callable[[list], list], max_batch: int, queue_size: int,
+                 on_start: Callable[[], None] | None = None) -> None:
+        """`on_start`: run first on the scoring thread (its torch thread count)."""
+        self.score, self.max_batch, self._on_start = score, max_batch, on_start
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.batch_sizes: Counter = Counter()
         self.busy_seconds = 0.0
@@ -51,6 +53,8 @@ class Batcher:
         return self._queue.qsize()
 
     def _run(self) -> None:
+        if self._on_start is not None:
+            self._on_start()
         stopping = False
         while not stopping:
             first = self._queue.get()

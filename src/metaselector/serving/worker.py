@@ -12,22 +12,22 @@ def build_app(options: dict):
     """The app for `options` (model, history_db, settings, api_keys, threads, model_classes)."""
     import torch
 
-    from ..estimator import MetaSelector
     from ..models import resolve_model
     from . import limit_malloc_arenas
     from .app import create_app
     from .auth import KeyRing
+    from .service import load_on_one_thread
     from .settings import ServeSettings
     from .store import open_store
 
     limit_malloc_arenas()
-    if options["threads"]:
-        torch.set_num_threads(options["threads"])
+    scoring_threads = options["threads"] or torch.get_num_threads()
     classes = {name: resolve_model(name, where="--model-class") for name in options["model_classes"]}
-    model = MetaSelector.load(options["model"], model_classes=classes)
+    model = load_on_one_thread(options["model"], classes)  # this thread then runs the event loop
     settings = ServeSettings(**{**options["settings"], "history_length": options["settings"]["history_length"]
                                 or model.config_.serve_history_length})
     store = open_store(options["history_db"], settings.history_length, settings.max_user_bytes,
                        settings.retention_days * 86_400 or None)
     keys = KeyRing.read(options["api_keys"]) if options["api_keys"] else None
-    return create_app(model, store, settings, keys=keys, model_path=options["model"], classes=classes)
+    return create_app(model, store, settings, keys=keys, model_path=options["model"], classes=classes,
+                      scoring_threads=scoring_threads)
