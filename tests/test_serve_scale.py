@@ -147,19 +147,48 @@ def test_sighup_reloads_every_worker(model_dir, tmp_path, serve_process):
         server.stop()
 
 
-def test_only_the_scoring_thread_runs_torch_with_several_threads(model_dir, tmp_path, events, serve_process):
-    """--threads is the scoring thread's; the event loop (and model loading) keep one torch
-    thread, so OpenMP never holds more threads than the scorer asked for (see
-    service.scoring_thread_setup). Also after a reload, which loads on another thread."""
-    server = serve_process(model_dir, tmp_path / "h.sqlite", "--threads", "2")
+@pytest.mark.parametrize("where", ["process", "thread"])
+def test_scoring_runs_torch_with_its_threads_and_the_event_loop_with_one(model_dir, tmp_path, events, serve_process,
+                                                                        where):
+    """--threads is the scorer's (a scoring process, or with --scoring-in-thread the batching
+    thread); the event loop (and model loading) keep one torch thread, so OpenMP never holds
+    more threads than the scorer asked for (see service.load_on_one_thread). Also after a
+    reload, which loads on another thread."""
+    options = ["--threads", "2"] + (["--scoring-in-thread"] if where == "thread" else [])
+    server = serve_process(model_dir, tmp_path / "h.sqlite", *options)
     try:
         user = str(events.user.iloc[0])
         body = {"user": user, "history": _events(events, user, 5), "candidates": [{"item": "1", "timestamp": 1}]}
         assert server.post("/v1/score", body).status_code == 200
-        assert httpx.get(f"{server.url}/v1/health").json()["torch_threads"] == {"scoring": 2, "event_loop": 1}
+        health = httpx.get(f"{server.url}/v1/health").json()
+        assert health["scoring_in"] == where
+        assert (health["scoring_pid"] != health["worker_pid"]) == (where == "process")
+        assert health["torch_threads"] == {"scoring": 2, "event_loop": 1}
         assert server.post("/v1/admin/reload", {"model": str(model_dir)}).status_code == 200
         assert server.post("/v1/score", body).status_code == 200
         assert httpx.get(f"{server.url}/v1/health").json()["torch_threads"] == {"scoring": 2, "event_loop": 1}
+    finally:
+        server.stop()
+
+
+def test_a_scoring_process_that_dies_is_replaced(model_dir, tmp_path, events, serve_process):
+    """SIGKILL to the scoring process: the worker starts another (same model, same answers), and
+    health says 503 only while there is none."""
+    server = serve_process(model_dir, tmp_path / "h.sqlite")
+    try:
+        user = str(events.user.iloc[0])
+        body = {"user": user, "history": _events(events, user, 8), "candidates": [{"item": "1", "timestamp": 1}]}
+        before = server.post("/v1/score", body).json()
+        first = httpx.get(f"{server.url}/v1/health").json()
+        os.kill(first["scoring_pid"], signal.SIGKILL)
+        for _ in range(300):
+            health = httpx.get(f"{server.url}/v1/health", timeout=10)
+            if health.status_code == 200 and health.json()["scoring_pid"] != first["scoring_pid"]:
+                break
+            time.sleep(0.1)
+        assert health.status_code == 200 and health.json()["scoring_restarts"] == 1
+        assert server.post("/v1/score", body).json() == before
+        assert "started another" in server.log()
     finally:
         server.stop()
 

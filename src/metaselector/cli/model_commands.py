@@ -82,9 +82,12 @@ def score(model_dir: Path, history_file: Path, candidates_file: Path, out: Path 
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="torch threads per worker (0: default).")
 @click.option("--model-class", "model_class", multiple=True, metavar="MODULE:CLASS|FILE.py:CLASS",
               help="Your own base model, as named when training.")
+@click.option("--scoring-in-thread", is_flag=True,
+              help="Score on the worker's batching thread rather than in a scoring process of its own (one "
+                   "process per worker, and one interpreter lock shared with HTTP).")
 def serve(model_dir, host, port, history_db, history_length, max_batch, queue_size, max_candidates, max_events,
           max_body_bytes, max_future_seconds, max_connections, body_read_seconds, retention_days, api_keys, insecure,
-          workers, threads, model_class) -> None:
+          workers, threads, model_class, scoring_in_thread) -> None:
     """Serve the model over HTTP: adapt to a user's recent history, score candidates (docs at /docs)."""
     from ..errors import ConfigError
     from ..serving.auth import KeyRing
@@ -96,6 +99,7 @@ def serve(model_dir, host, port, history_db, history_length, max_batch, queue_si
                           "personal data), or --insecure to allow it without keys")
     options = {"model": str(model_dir), "history_db": str(history_db), "threads": threads,
                "model_classes": list(model_class), "api_keys": str(api_keys) if api_keys else None,
+               "scoring_in_thread": scoring_in_thread,
                "settings": dict(max_batch=max_batch, queue_size=queue_size, max_candidates=max_candidates,
                                 max_events=max_events, max_body_bytes=max_body_bytes, history_length=history_length,
                                 max_future_seconds=max_future_seconds, max_connections=max_connections,

@@ -34,11 +34,12 @@ log = logging.getLogger("metaselector.serve")
 
 def create_app(model, store: HistoryStore, settings: ServeSettings, keys: KeyRing | None = None,
                model_path: str | None = None, classes: dict | None = None,
-               scoring_threads: int | None = None) -> FastAPI:
+               scoring_threads: int | None = None, scorer=None) -> FastAPI:
     """The service around a loaded MetaSelector; the store is closed when the app shuts down.
     `keys`: API keys with scopes (None: every route open, for loopback use); `model_path`: what
-    SIGHUP reloads; `scoring_threads`: torch threads of the scoring thread (None: torch's count)."""
-    service = Service(model, store, settings, scoring_threads)
+    SIGHUP reloads; `scorer`: where batches are scored (a ScoringProcess), else the batching
+    thread with `scoring_threads` torch threads (None: torch's count)."""
+    service = Service(model, store, settings, scoring_threads, scorer)
     app = FastAPI(title="metaselector", version="1", lifespan=_lifespan(service, model_path, classes))
     app.state.service = service
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, read_seconds=settings.body_read_seconds)

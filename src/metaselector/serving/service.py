@@ -9,7 +9,6 @@ import os
 import time
 from collections import Counter
 
-import pandas as pd
 import torch
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse, Response
@@ -20,6 +19,7 @@ from ..errors import MetaSelectorError
 from .batcher import Batcher, Closing, QueueFull
 from .metrics import Metrics
 from .schemas import MAX_ID_LENGTH, RequestModels, declared_columns, first_error, labelled
+from .scoring_process import InThreadScorer, ScoringUnavailable, columns, model_name
 from .settings import ServeSettings
 from .store import HistoryStore, StoreUnavailable
 
@@ -30,24 +30,14 @@ def _busy(detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
 
 
-def scoring_thread_setup(service, threads: int):
-    """What the scoring thread runs first: its own torch thread count, recorded on the service.
+def load_on_one_thread(path, classes: dict):
+    """Load a saved model on the calling thread with one torch thread.
 
-    Only that thread may run torch with several intra-op threads. OpenMP keeps a team of
+    Only the scoring thread may run torch with several intra-op threads. OpenMP keeps a team of
     threads per calling thread; once a second thread (the event loop's, a loader's) has run a
     parallel region, there are more OpenMP threads than cores, and OpenMP then stops spinning
     and puts its threads to sleep between regions: the scorer's many small ops ran at about one
-    core's speed on 2 (measured: 57 against 80 users/s for the same batches). Every other
-    thread loads and reads with one torch thread (`load_on_one_thread`)."""
-    def setup() -> None:
-        torch.set_num_threads(threads)
-        service.scoring_threads = torch.get_num_threads()
-    return setup
-
-
-def load_on_one_thread(path, classes: dict):
-    """Load a saved model on the calling (non-scoring) thread with one torch thread: see
-    `scoring_thread_setup`."""
+    core's speed on 2 (measured: 57 against 80 users/s for the same batches)."""
     from ..estimator import MetaSelector
 
     torch.set_num_threads(1)
@@ -57,39 +47,36 @@ def load_on_one_thread(path, classes: dict):
 class Service:
     """The state behind the routes: the model, its scoring worker, the store, the counters."""
 
-    def __init__(self, model, store: HistoryStore, settings: ServeSettings, scoring_threads: int | None = None) -> None:
-        """`scoring_threads`: torch's intra-op threads on the scoring thread (None: torch's count)."""
+    def __init__(self, model, store: HistoryStore, settings: ServeSettings, scoring_threads: int | None = None,
+                 scorer=None) -> None:
+        """`scorer`: where batches are scored (scoring_process.ScoringProcess); None: on the
+        batching thread, with `scoring_threads` torch threads (None: torch's count)."""
         self.store, self.settings = store, settings
         self.metrics = Metrics()
         self.stats: Counter = Counter()
         self.timings: Counter = Counter()
-        self.scoring_threads = 0  # torch threads of the scoring thread, set by it when it starts
+        self.scorer = scorer or InThreadScorer(model, scoring_threads or torch.get_num_threads())
         self._use(model)
         self.batcher = Batcher(self._score_batch, settings.max_batch, settings.queue_size,
-                               on_start=scoring_thread_setup(self, scoring_threads or torch.get_num_threads()))
+                               on_start=getattr(self.scorer, "on_start", None))
         self.parsing_bytes = 0  # of bodies being read and parsed now (changed on the event loop's thread only)
 
     def _use(self, model) -> None:
-        """Serve `model` from the next batch on (one assignment each: the scoring thread reads the
-        model once per batch, so a batch is scored by one model, and its answers name it)."""
-        manifest = getattr(model, "manifest_", None)
-        self.model_id = manifest["files"]["weights.safetensors"][:12] if manifest else "in-memory"
+        """Read requests for `model` (its columns, label rule); the scorer switches to it itself."""
+        self.model_id = model_name(model)
         self.schemas = RequestModels(declared_columns(model.encoder_), self.settings.max_candidates,
                                      self.settings.max_events)
         self.threshold = model.encoder_.label_rule.threshold
         self.model = model
 
-    def _score_batch(self, requests: list[tuple[pd.DataFrame | None, pd.DataFrame]]) -> list:
+    def _score_batch(self, requests: list[tuple[dict | None, dict]]) -> list:
         start = time.perf_counter()
-        model = self.model
-        stages: dict[str, float] = {}
-        scores = model.score_users(requests, timings=stages)
+        scores, stages, name = self.scorer.score(requests)
         self.timings["encode_adapt_score_seconds"] += time.perf_counter() - start
         self.metrics.batch.observe(len(requests))
         self.metrics.queue.set(self.batcher.waiting)
         for stage, seconds in stages.items():
             self.metrics.stage.labels(stage).observe(seconds)
-        name = getattr(model, "manifest_", {}).get("files", {}).get("weights.safetensors", "in-memory")[:12]
         return [(score, name) for score in scores]
 
     async def reload(self, path: str, classes: dict | None = None) -> dict:
@@ -102,6 +89,10 @@ class Service:
         if declared_columns(model.encoder_) != declared_columns(self.model.encoder_):
             raise HTTPException(409, f"model not loaded, still serving {self.model_id}: its events declare other "
                                      "columns than the stored events hold")
+        try:
+            await asyncio.to_thread(self.scorer.use, path, model)
+        except (MetaSelectorError, ScoringUnavailable) as err:
+            raise HTTPException(503, f"model not loaded, still serving {self.model_id}: {err}") from None
         self._use(model)
         self.stats["reloads"] += 1
         log.warning("serving %s (model %s)", path, self.model_id)
@@ -136,14 +127,14 @@ class Service:
         self.metrics.stage.labels("parse").observe(time.perf_counter() - start)
         return parsed
 
-    async def _history(self, request, user: str) -> pd.DataFrame | None:
+    async def _history(self, request, user: str) -> dict | None:
         limit = self.settings.history_length
         if request.history is not None:
             self._check_labelled(request.history, "history")
             rows = labelled(request.history[-limit:], self.threshold)
         else:
             rows = labelled(await self._store(self.store.recent, user, limit), self.threshold)
-        return pd.DataFrame([{**r, "user": user} for r in rows]) if rows else None
+        return columns(rows, user) if rows else None
 
     @staticmethod
     def _check_labelled(events: list, field: str) -> None:
@@ -162,7 +153,9 @@ class Service:
     async def score(self, request):
         user = str(request.user)
         history = await self._history(request, user)
-        candidates = pd.DataFrame([{**c.model_dump(), "user": user} for c in request.candidates])
+        fields = type(request.candidates[0]).model_fields  # every candidate has them all (required)
+        candidates = {**{name: [getattr(c, name) for c in request.candidates] for name in fields},
+                      "user": [user] * len(request.candidates)}
         try:
             future = self.batcher.submit((history, candidates))
             self.metrics.queue.set(self.batcher.waiting)
@@ -175,11 +168,16 @@ class Service:
             raise HTTPException(422, str(err)) from None
         except Closing:
             return _busy("the server is shutting down")
+        except ScoringUnavailable as err:
+            log.warning("%s", err)
+            return _busy("the scoring process stopped; try again")
         self.stats["scored_requests"] += 1
         self.stats["unknown_users"] += result.unknown["users"] > 0
         self.stats["unknown_items"] += result.unknown["items"]
-        return {"scores": result.probabilities.tolist(), "weights": result.weights.tolist(),
-                "adapted": result.adapted, "history_events": result.history_events, "model": scored_by}
+        # a JSONResponse of plain lists: FastAPI's encoder would walk every float of them again
+        return JSONResponse({"scores": result.probabilities.tolist(), "weights": result.weights.tolist(),
+                             "adapted": bool(result.adapted), "history_events": int(result.history_events),
+                             "model": scored_by})
 
     async def record(self, request, key: str | None) -> dict:
         self._check_labelled(request.events, "events")
@@ -206,7 +204,7 @@ class Service:
         return {"user": str(request.user), "stored": stored, "history_events": kept}
 
     async def health(self) -> JSONResponse:
-        alive = self.batcher.alive
+        alive = self.batcher.alive and self.scorer.alive
         try:
             await asyncio.wait_for(asyncio.to_thread(self.store.check), timeout=5)
             store = "ok"
@@ -215,9 +213,10 @@ class Service:
         sizes = {str(k): v for k, v in sorted(self.batcher.batch_sizes.items()) if v}
         ok = alive and store == "ok"
         # worker_pid: which worker process answered (serve --workers N); never user data
-        body = {"status": "ok" if ok else "unavailable", "scoring_thread": "alive" if alive else "stopped",
-                "worker_pid": os.getpid(), "torch_threads": {"scoring": self.scoring_threads,
-                                                             "event_loop": torch.get_num_threads()},
+        body = {"status": "ok" if ok else "unavailable", "scoring": "alive" if alive else "stopped",
+                "scoring_in": self.scorer.kind, "scoring_pid": self.scorer.pid,
+                "scoring_restarts": self.scorer.restarts, "worker_pid": os.getpid(),
+                "torch_threads": {"scoring": self.scorer.threads, "event_loop": torch.get_num_threads()},
                 "store": store, "model": self.model_id, **self.stats, "queue": self.batcher.waiting,
                 "evicted_events": getattr(self.store, "evicted", 0),
                 "batch_sizes": sizes, "busy_seconds": self.batcher.busy_seconds, **self.timings}
@@ -225,6 +224,7 @@ class Service:
 
     def close(self) -> None:
         self.batcher.close()  # in-flight requests have been answered; finish what is queued, with a deadline
+        self.scorer.close()
         self.store.close()
 
 

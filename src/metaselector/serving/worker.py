@@ -1,8 +1,8 @@
 """One serving process's app, built from `serve`'s options: `serve --workers N` starts N
 processes (supervisor.py), each building its own, so every worker loads the model and opens the
-history store itself and has its own batcher and torch threads (the scoring thread of one
-process keeps about one core busy; N processes use N). The parent checked the options before
-starting them, so a worker only fails for reasons that arise after that check.
+history store itself and has its own batcher and scoring process (scoring_process.py) with
+--threads torch threads. The parent checked the options before starting them, so a worker only
+fails for reasons that arise after that check.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ def build_app(options: dict):
     from . import limit_malloc_arenas
     from .app import create_app
     from .auth import KeyRing
+    from .scoring_process import ScoringProcess
     from .service import load_on_one_thread
     from .settings import ServeSettings
     from .store import open_store
@@ -29,5 +30,7 @@ def build_app(options: dict):
     store = open_store(options["history_db"], settings.history_length, settings.max_user_bytes,
                        settings.retention_days * 86_400 or None)
     keys = KeyRing.read(options["api_keys"]) if options["api_keys"] else None
+    scorer = None if options.get("scoring_in_thread") else \
+        ScoringProcess(options["model"], options["model_classes"], scoring_threads)
     return create_app(model, store, settings, keys=keys, model_path=options["model"], classes=classes,
-                      scoring_threads=scoring_threads)
+                      scoring_threads=scoring_threads, scorer=scorer)
