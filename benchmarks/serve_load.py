@@ -85,7 +85,8 @@ def stored(url: str, requests: list[dict]) -> list[dict]:
 
 
 class ServerProcess:
-    def __init__(self, model: Path, db: Path | str, max_batch: int, threads: int, workers: int = 1) -> None:
+    def __init__(self, model: Path, db: Path | str, max_batch: int, threads: int, workers: int = 1,
+                 extra: tuple[str, ...] = ()) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -93,7 +94,7 @@ class ServerProcess:
         self.process = subprocess.Popen([sys.executable, "-m", "metaselector", "serve", "--model", str(model),
                                          "--port", str(self.port), "--history-db", str(db), "--threads", str(threads),
                                          "--max-batch", str(max_batch), "--queue-size", "1024",
-                                         "--workers", str(workers)],
+                                         "--workers", str(workers), *extra],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         for _ in range(600):
             try:
@@ -195,8 +196,12 @@ def client_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measured(server: ServerProcess, run) -> dict:
-    """Run a load phase; add batch sizes reached and both processes' CPU share of the 2 cores."""
+def measured(server: ServerProcess, run, warmup: tuple | None = None) -> dict:
+    """Run a load phase; add batch sizes reached and both processes' CPU share of the 2 cores.
+    `warmup`: (requests, concurrency, seconds) of closed loop first, not counted (a new scoring
+    process's first batches run slower)."""
+    if warmup is not None and warmup[2] > 0:
+        asyncio.run(closed_loop(server.url, *warmup))
     before, server_before, client_before = server.health()["batch_sizes"], server.cpu_seconds(), client_cpu()
     start = time.perf_counter()
     result = asyncio.run(run)
@@ -256,10 +261,14 @@ def main() -> None:
                         help="uniform: 50-event histories, 100 candidates; mixed: each user's real history (80%% "
                              "of their events, at most 150) and real candidates (the rest, at most 100)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="closed-loop levels")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of closed loop before each server's "
+                                                                    "first measured phase (not counted)")
+    parser.add_argument("--scoring-in-thread", action="store_true", help="serve with --scoring-in-thread")
     parser.add_argument("--stored-history", action="store_true",
                         help="histories written to the store first (POST /v1/events); scores read them from it")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    extra = ("--scoring-in-thread",) if args.scoring_in_thread else ()
     data = ms.load_data("ml-latest-small")
     requests = bodies(data) if args.workload == "uniform" else mixed_bodies(data)
     lengths = [len(r["history"]) for r in requests]
@@ -268,7 +277,8 @@ def main() -> None:
                     "candidates": {"min": min(len(r["candidates"]) for r in requests),
                                    "max": max(len(r["candidates"]) for r in requests)},
                     "history_db": "postgresql" if args.history_db else "sqlite",
-                    "history_from": "store" if args.stored_history else "request"}
+                    "history_from": "store" if args.stored_history else "request",
+                    "scoring_in": "thread" if args.scoring_in_thread else "process", "warmup_seconds": args.warmup}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         ms.MetaSelector(config={"pretrain": {"epochs": 1}, "meta": {"epochs": 1, "max_episodes": 20}}).fit(
@@ -276,19 +286,21 @@ def main() -> None:
         report["breakdown_single_request"] = breakdown(ms.MetaSelector.load(model_dir), requests[0])
         for workers in args.workers:
             server = ServerProcess(model_dir, args.history_db or Path(tmp) / f"w{workers}.sqlite", 64, args.threads,
-                                   workers)
+                                   workers, extra)
             try:
                 load = stored(server.url, requests) if args.stored_history else requests
-                report[f"workers_{workers}"] = measured(server, closed_loop(server.url, load, 32, args.seconds))
+                report[f"workers_{workers}"] = measured(server, closed_loop(server.url, load, 32, args.seconds),
+                                                        (load, 32, args.warmup))
             finally:
                 server.stop()
         for max_batch in (64, 1):
             server = ServerProcess(model_dir, args.history_db or Path(tmp) / f"h{max_batch}.sqlite", max_batch,
-                                   args.threads)
+                                   args.threads, extra=extra)
             try:
                 load = stored(server.url, requests) if args.stored_history else requests
-                levels = [measured(server, closed_loop(server.url, load, c, args.seconds))
-                          for c in args.concurrency]
+                levels = [measured(server, closed_loop(server.url, load, c, args.seconds),
+                                   (load, c, args.warmup) if k == 0 else None)
+                          for k, c in enumerate(args.concurrency)]
                 entry = {"closed_loop": levels}
                 if max_batch > 1 and args.rate > 0:
                     entry["open_loop"] = measured(server, open_loop(server.url, load, args.rate, args.seconds))

@@ -78,8 +78,10 @@ def score(model_dir: Path, history_file: Path, candidates_file: Path, out: Path 
               help="File of API keys and their scopes (score, events, history, admin), one per line.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without --api-keys.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Scoring processes, each with its own batcher and --threads torch threads.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="torch threads per worker (0: default).")
+              help="Worker processes, each with its own HTTP side, batcher and scoring process "
+                   "(for throughput: about one per core, with --threads 1).")
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="torch threads of each worker's scorer (0: torch's default, the machine's cores).")
 @click.option("--model-class", "model_class", multiple=True, metavar="MODULE:CLASS|FILE.py:CLASS",
               help="Your own base model, as named when training.")
 @click.option("--scoring-in-thread", is_flag=True,

@@ -3,7 +3,7 @@
     POST /v1/score     {"user", "candidates": [{"item", "timestamp"}], "history"?: [{"item", "rating", "timestamp"}]}
     POST /v1/events    {"user", "events": [{"item", "rating", "timestamp"}]}   (header Idempotency-Key: optional)
     GET  /v1/users/{user}/history       DELETE /v1/users/{user}/history   (the user's stored events)
-    GET  /v1/health    liveness of the scoring thread and the store, and counters; 503 when either fails
+    GET  /v1/health    liveness of the scorer and the store, and counters; 503 when either fails
     GET  /v1/model     the saved model's manifest          POST /v1/admin/reload {"model": PATH}
 With API keys (auth.py), each route needs its scope: score, events, history or admin.
 Ids are the data's raw ids, as JSON strings or numbers; timestamps are Unix seconds. A request is
