@@ -83,16 +83,32 @@ main(sys.argv[2:])
 """
 
 
+REPRODUCE_CONFIG = CONFIG.replace("epochs = 8\npatience = 8", "epochs = 4\npatience = 4") + \
+    "[sample_level]\nepochs = 4\nhidden = [8]\n"
+
+
+def _reproduce_args(folder: Path) -> list[str]:
+    return ["reproduce", "--dataset", "movielens-1m", "--data-dir", str(FIXTURES / "ml-1m"), "--config",
+            str(folder / "run.toml"), "--seeds", "1", "--quiet", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def whole_reproduce(tmp_path_factory) -> list:
+    """The rows of one uninterrupted `reproduce` (both kill tests compare against it)."""
+    folder = tmp_path_factory.mktemp("whole")
+    (folder / "run.toml").write_text(REPRODUCE_CONFIG)
+    whole = subprocess.run([sys.executable, "-m", "metaselector", *_reproduce_args(folder), "--out",
+                            str(folder / "out")], capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    return json.loads((folder / "out" / "results.json").read_text())["rows"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("learner", ["simplified.pt", "sample-level.pt"])
-def test_reproduce_killed_inside_simplified_or_the_sample_level_selector_resumes(tmp_path, learner):
-    (tmp_path / "run.toml").write_text(CONFIG.replace("epochs = 8\npatience = 8", "epochs = 4\npatience = 4") +
-                                       "[sample_level]\nepochs = 4\nhidden = [8]\n")
-    args = ["reproduce", "--dataset", "movielens-1m", "--data-dir", str(FIXTURES / "ml-1m"), "--config",
-            str(tmp_path / "run.toml"), "--seeds", "1", "--quiet", "--threads", "1"]
-    whole = subprocess.run([sys.executable, "-m", "metaselector", *args, "--out", str(tmp_path / "whole")],
-                           capture_output=True, text=True, timeout=600)
-    assert whole.returncode == 0, whole.stderr
+def test_reproduce_killed_inside_simplified_or_the_sample_level_selector_resumes(tmp_path, learner,
+                                                                                whole_reproduce):
+    (tmp_path / "run.toml").write_text(REPRODUCE_CONFIG)
+    args = _reproduce_args(tmp_path)
     killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SAVE, learner, *args, "--out", str(tmp_path / "k")],
                             capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -100,5 +116,4 @@ def test_reproduce_killed_inside_simplified_or_the_sample_level_selector_resumes
     resumed = subprocess.run([sys.executable, "-m", "metaselector", *args, "--out", str(tmp_path / "k"), "--resume"],
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
-    rows = [json.loads((tmp_path / d / "results.json").read_text())["rows"] for d in ("whole", "k")]
-    assert rows[0] == rows[1]
+    assert json.loads((tmp_path / "k" / "results.json").read_text())["rows"] == whole_reproduce
