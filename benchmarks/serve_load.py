@@ -105,10 +105,19 @@ class ServerProcess:
         raise RuntimeError("server did not start")
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """Resident memory of the server and its worker and scoring processes (its process group)."""
+        total = 0.0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) != self.process.pid:
+                    continue
+                status = (entry / "status").read_text().splitlines()
+            except OSError:
+                continue
+            total += next((int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:")), 0.0)
+        return total
 
     def cpu_seconds(self) -> float:
         """utime + stime of the server and its worker processes (its process group)."""

@@ -17,6 +17,7 @@ the caller passes in, never from a name imported because a file says so.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -114,11 +115,29 @@ def _model_class(name: str, classes: dict, where: Path):
                      f"MetaSelector.load(..., model_classes={{'{name}': YourModel}})")
 
 
-def load_model(cls, directory: Path, device: str, classes: dict):
+@dataclass
+class ModelView:
+    """A saved model without its weights: what a server's HTTP side reads (the columns its events
+    declare, the label rule, the history length, the model's id); the scoring process holds the
+    weights."""
+
+    manifest_: dict
+    config_: RunConfig
+    encoder_: FeatureEncoder
+    directory_: Path
+
+
+def load_view(directory: Path, device: str = "cpu") -> ModelView:
+    """The manifest (both files' checksums checked), configuration and encoder of a saved model."""
+    directory = Path(directory)
     manifest = read_manifest(directory)
-    where = directory / "manifest.json"
+    config, encoder = _config_and_encoder(directory, manifest, device)
+    return ModelView(manifest, config, encoder, directory)
+
+
+def _config_and_encoder(directory: Path, manifest: dict, device: str) -> tuple[RunConfig, FeatureEncoder]:
     try:
-        config = RunConfig.from_dict({**manifest["config"], "device": device}, where=str(where),
+        config = RunConfig.from_dict({**manifest["config"], "device": device}, where=str(directory / "manifest.json"),
                                      import_models=False)
         encoder = FeatureEncoder.from_dict(json.loads((directory / "encoder.json").read_text()))
     except MetaSelectorError:
@@ -126,6 +145,13 @@ def load_model(cls, directory: Path, device: str, classes: dict):
     except Exception as err:  # a crafted or damaged file can fail in many ways; none is a traceback
         raise InputError(f"{directory / 'encoder.json'}: not a valid encoder "
                          f"({err.__class__.__name__}: {err})") from None
+    return config, encoder
+
+
+def load_model(cls, directory: Path, device: str, classes: dict):
+    manifest = read_manifest(directory)
+    where = directory / "manifest.json"
+    config, encoder = _config_and_encoder(directory, manifest, device)
     module = build_module(config, encoder.layout, {name: _model_class(name, classes, where) for name in config.models},
                           device)
     weights = directory / "weights.safetensors"

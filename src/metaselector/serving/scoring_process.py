@@ -69,6 +69,12 @@ class InThreadScorer:
         model, stages = self.model, {}  # read once: a batch is scored by one model
         return model.score_users(frames(requests), timings=stages), stages, model_name(model)
 
+    def read(self, path: str, classes: dict):
+        """The model at `path`, whole (this scorer scores with it)."""
+        from .service import load_on_one_thread
+
+        return load_on_one_thread(path, classes)
+
     def use(self, path: str, model) -> None:
         self.model = model
 
@@ -153,6 +159,12 @@ class ScoringProcess:
 
     def score(self, requests: list) -> tuple[list, dict, str]:
         return self._call("score", requests)
+
+    def read(self, path: str, classes: dict):
+        """What the HTTP side needs of the model at `path` (its weights are the child's)."""
+        from ..saved_model import load_view
+
+        return load_view(path)
 
     def use(self, path: str, model) -> None:
         """Load the model at `path` in the child (between two batches); later restarts load it too."""

@@ -83,7 +83,7 @@ class Service:
         """Load and check the model at `path` off the event loop, then switch to it; a damaged or
         incompatible model is refused and the current one keeps serving."""
         try:
-            model = await asyncio.to_thread(load_on_one_thread, path, classes or {})
+            model = await asyncio.to_thread(self.scorer.read, path, classes or {})
         except MetaSelectorError as err:
             raise HTTPException(422, f"model not loaded, still serving {self.model_id}: {err}") from None
         if declared_columns(model.encoder_) != declared_columns(self.model.encoder_):
@@ -91,7 +91,9 @@ class Service:
                                      "columns than the stored events hold")
         try:
             await asyncio.to_thread(self.scorer.use, path, model)
-        except (MetaSelectorError, ScoringUnavailable) as err:
+        except MetaSelectorError as err:  # e.g. a base model class the scoring process cannot build
+            raise HTTPException(422, f"model not loaded, still serving {self.model_id}: {err}") from None
+        except ScoringUnavailable as err:
             raise HTTPException(503, f"model not loaded, still serving {self.model_id}: {err}") from None
         self._use(model)
         self.stats["reloads"] += 1

@@ -13,6 +13,7 @@ def build_app(options: dict):
     import torch
 
     from ..models import resolve_model
+    from ..saved_model import load_view
     from . import limit_malloc_arenas
     from .app import create_app
     from .auth import KeyRing
@@ -23,8 +24,12 @@ def build_app(options: dict):
 
     limit_malloc_arenas()
     scoring_threads = options["threads"] or torch.get_num_threads()
+    torch.set_num_threads(1)  # this thread's: it runs the event loop (service.load_on_one_thread says why)
     classes = {name: resolve_model(name, where="--model-class") for name in options["model_classes"]}
-    model = load_on_one_thread(options["model"], classes)  # this thread then runs the event loop
+    if options.get("scoring_in_thread"):
+        model = load_on_one_thread(options["model"], classes)  # this thread then runs the event loop
+    else:  # the scoring process loads the weights; this side reads the manifest and the encoder
+        model = load_view(options["model"])
     settings = ServeSettings(**{**options["settings"], "history_length": options["settings"]["history_length"]
                                 or model.config_.serve_history_length})
     store = open_store(options["history_db"], settings.history_length, settings.max_user_bytes,
