@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
 import threading
@@ -53,6 +54,7 @@ class InThreadScorer:
     """Scores on the batching thread, with the model object the worker holds."""
 
     kind = "thread"
+    restarts = 0  # nothing to restart: the batching thread itself scores
 
     def __init__(self, model, threads: int) -> None:
         self.model, self.threads = model, threads
@@ -84,11 +86,7 @@ class InThreadScorer:
 
     @property
     def pid(self) -> int:
-        import os
-
         return os.getpid()
-
-    restarts = 0
 
     def close(self) -> None:
         pass
