@@ -158,7 +158,7 @@ def test_scoring_runs_torch_with_its_threads_and_the_event_loop_with_one(model_d
                                                                         where):
     """--threads is the scorer's (a scoring process, or with --scoring-in-thread the batching
     thread); the event loop (and model loading) keep one torch thread, so OpenMP never holds
-    more threads than the scorer asked for (see service.load_on_one_thread). Also after a
+    more threads than the scorer asked for (see scoring_process.load_on_one_thread). Also after a
     reload, which loads on another thread."""
     options = ["--threads", "2"] + (["--scoring-in-thread"] if where == "thread" else [])
     server = serve_process(model_dir, tmp_path / "h.sqlite", *options)

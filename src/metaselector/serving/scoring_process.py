@@ -39,6 +39,12 @@ def columns(rows: list[dict], user: str) -> dict[str, list]:
     return {**{name: [row.get(name) for row in rows] for name in names}, "user": [user] * len(rows)}
 
 
+def model_columns(models: list, user: str) -> dict[str, list]:
+    """Request models of one kind (candidates: every field is required) as columns, with the user's id."""
+    fields = type(models[0]).model_fields
+    return {**{name: [getattr(m, name) for m in models] for name in fields}, "user": [user] * len(models)}
+
+
 def frames(requests: list[tuple[dict | None, dict]]) -> list[tuple[pd.DataFrame | None, pd.DataFrame]]:
     return [(None if history is None else pd.DataFrame(history), pd.DataFrame(candidates))
             for history, candidates in requests]
@@ -48,6 +54,22 @@ def model_name(model) -> str:
     """The saved model's short id (its weights' checksum) that answers name."""
     manifest = getattr(model, "manifest_", None)
     return manifest["files"]["weights.safetensors"][:12] if manifest else "in-memory"
+
+
+def load_on_one_thread(path, classes: dict):
+    """Load a saved model on the calling thread with one torch thread.
+
+    Only the scoring thread may run torch with several intra-op threads. OpenMP keeps a team of
+    threads per calling thread; once a second thread (the event loop's, a loader's) has run a
+    parallel region, there are more OpenMP threads than cores, and OpenMP then stops spinning
+    and puts its threads to sleep between regions: the scorer's many small ops ran at about one
+    core's speed on 2 (measured: 57 against 80 users/s for the same batches)."""
+    import torch
+
+    from ..estimator import MetaSelector
+
+    torch.set_num_threads(1)
+    return MetaSelector.load(path, model_classes=classes)
 
 
 class InThreadScorer:
@@ -61,7 +83,7 @@ class InThreadScorer:
 
     def on_start(self) -> None:
         """Run first on the batching thread: only it runs torch with several threads (see
-        service.load_on_one_thread)."""
+        load_on_one_thread)."""
         import torch
 
         torch.set_num_threads(self.threads)
@@ -73,8 +95,6 @@ class InThreadScorer:
 
     def read(self, path: str, classes: dict):
         """The model at `path`, whole (this scorer scores with it)."""
-        from .service import load_on_one_thread
-
         return load_on_one_thread(path, classes)
 
     def use(self, path: str, model) -> None:

@@ -19,7 +19,7 @@ from ..errors import MetaSelectorError
 from .batcher import Batcher, Closing, QueueFull
 from .metrics import Metrics
 from .schemas import MAX_ID_LENGTH, RequestModels, declared_columns, first_error, labelled
-from .scoring_process import InThreadScorer, ScoringUnavailable, columns, model_name
+from .scoring_process import InThreadScorer, ScoringUnavailable, columns, model_columns, model_name
 from .settings import ServeSettings
 from .store import HistoryStore, StoreUnavailable
 
@@ -28,20 +28,6 @@ log = logging.getLogger("metaselector.serve")
 
 def _busy(detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
-
-
-def load_on_one_thread(path, classes: dict):
-    """Load a saved model on the calling thread with one torch thread.
-
-    Only the scoring thread may run torch with several intra-op threads. OpenMP keeps a team of
-    threads per calling thread; once a second thread (the event loop's, a loader's) has run a
-    parallel region, there are more OpenMP threads than cores, and OpenMP then stops spinning
-    and puts its threads to sleep between regions: the scorer's many small ops ran at about one
-    core's speed on 2 (measured: 57 against 80 users/s for the same batches)."""
-    from ..estimator import MetaSelector
-
-    torch.set_num_threads(1)
-    return MetaSelector.load(path, model_classes=classes)
 
 
 class Service:
@@ -155,9 +141,7 @@ class Service:
     async def score(self, request):
         user = str(request.user)
         history = await self._history(request, user)
-        fields = type(request.candidates[0]).model_fields  # every candidate has them all (required)
-        candidates = {**{name: [getattr(c, name) for c in request.candidates] for name in fields},
-                      "user": [user] * len(request.candidates)}
+        candidates = model_columns(request.candidates, user)
         try:
             future = self.batcher.submit((history, candidates))
             self.metrics.queue.set(self.batcher.waiting)
