@@ -333,3 +333,42 @@ def test_length_groups_cover_every_user_once_and_bound_padding():
     assert len(length_groups(np.full(32, 50), np.full(32, 100), max_users=64)) == 1
     mixed = length_groups(support[:32], evaluation[:32], max_users=64)
     assert len(mixed) > 1 and [len(g) for g in mixed] != [32]
+
+
+def test_selector_rate_choice_keeps_the_factor_with_the_lowest_held_out_loss(make_module, make_episode):
+    """[meta] selector_rate_scales: each factor is scored with exactly the learned selector rates
+    times that factor (the others restored between candidates), the base models' rates never
+    change, the lowest score wins (ties: the smaller factor), and the module keeps its rates."""
+    from metaselector.experiment.meta_training import choose_selector_rates
+
+    module = make_module()
+    learned = module.dense_alpha()
+    selector = [n for n in learned if n.startswith("selector.")]
+    assert selector and any(n in module.tables for n in selector)  # a table and dense rates
+    seen = []
+
+    def criterion() -> float:
+        now = module.dense_alpha()
+        factor = float((now[selector[0]] / learned[selector[0]]).flatten()[0])
+        for n in learned:
+            expected = learned[n] * factor if n.startswith("selector.") else learned[n]
+            torch.testing.assert_close(now[n], expected)
+        seen.append(round(factor))
+        return {10: 0.50, 100: 0.49, 1000: 0.49}[round(factor)]
+
+    tensors, tasks = make_episode(2)
+    before = module.predict(tensors, tasks, [t.query for t in tasks], with_weights=True)
+    result = choose_selector_rates(module, [1, 10, 100, 1000], criterion, learned=0.495)
+    assert seen == [10, 100, 1000]
+    assert result["chosen"] == 100 and result["validation"] == {"1": 0.495, "10": 0.5, "100": 0.49, "1000": 0.49}
+    after = module.dense_alpha()
+    for n in learned:
+        torch.testing.assert_close(after[n], learned[n] * (100 if n.startswith("selector.") else 1))
+    # a larger selector step moves each user's weights further from the shared selector's
+    moved = module.predict(tensors, tasks, [t.query for t in tasks], with_weights=True)
+    assert not np.allclose(before[0][1], moved[0][1])
+    # the learned rates win when nothing beats them
+    module = make_module()
+    assert choose_selector_rates(module, [10], lambda: 0.6, learned=0.5)["chosen"] == 1
+    for n, a in module.dense_alpha().items():
+        torch.testing.assert_close(a, learned[n])

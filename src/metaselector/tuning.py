@@ -2,9 +2,11 @@
 
 For each base model, one Optuna study (TPE sampler, median pruner on the per-epoch validation
 LogLoss) stored in `DIR/studies.sqlite`, so a killed search continues where it stopped. A trial
-pretrains the model on the support rows of the seed's split with the trial's settings, early
-stopping on the base models' shared validation slice (a 10% slice of the support rows that no
-model trains on), and scores that slice's LogLoss: no query or test row is ever seen. The first
+trains the model as a run does: pretrained on the support rows of the seed's split with the
+trial's settings, then continued on all training rows, both early-stopping on the base models'
+shared validation slice (a 10% slice of the support rows that no model trains on). It scores
+that slice's LogLoss under the continued model, the one a run uses as the single model and at
+test time (pruning watches the first stage's epochs): no test row is ever seen. The first
 trial of a study is the current settings, so the summary says what tuning gained. The best
 settings are written to `DIR/tuned.toml` as [model_settings.<model>] tables, which `reproduce`,
 `train` and `tune` read with --config.
@@ -85,7 +87,7 @@ class _Search:
         self.tensors = TensorData.from_encoded(data)
         split = split_users(data.users, data.timestamps, seed, temporal=config.split == "temporal")
         require_usable(split, data.labels, data.name)
-        self.support = split.support
+        self.support, self.train = split.support, split.train
         self.holdout = holdout_rows(split.support, config.pretrain.validation_fraction, seed)
 
     def __call__(self, trial) -> float:
@@ -104,10 +106,20 @@ class _Search:
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        result = pretrain(model, self.tensors, self.support, pretrain_settings(config, self.name),
-                          seed=int_seed(self.seed, "batch-order", self.index, 0), device=self.device,
-                          progress=False, valid_rows=self.holdout, on_epoch=report)
-        return float(result.validation_logloss)
+        settings = pretrain_settings(config, self.name)
+        if config.meta.pretrain_on != "support":  # a run trains its models on all training rows at once
+            return float(pretrain(model, self.tensors, self.train, settings,
+                                  seed=int_seed(self.seed, "batch-order", self.index, 0), device=self.device,
+                                  progress=False, valid_rows=self.holdout, on_epoch=report).validation_logloss)
+        first = pretrain(model, self.tensors, self.support, settings,
+                         seed=int_seed(self.seed, "batch-order", self.index, 0), device=self.device,
+                         progress=False, valid_rows=self.holdout, on_epoch=report)
+        # Scored as the model a run uses: continued on all training rows (training/base_models.py).
+        continued = pretrain(model, self.tensors, self.train, settings,
+                             seed=int_seed(self.seed, "batch-order", self.index, 1), device=self.device,
+                             progress=False, valid_rows=self.holdout, optimizer_state=first.optimizer_state)
+        trial.set_user_attr("support_logloss", float(first.validation_logloss))
+        return float(continued.validation_logloss)
 
 
 def tune(config: RunConfig, data: EncodedDataset, out_dir: Path, trials: int, timeout: float | None, seed: int,

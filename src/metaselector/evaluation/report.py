@@ -201,11 +201,16 @@ def _undefined_metrics(rows: dict) -> list[str]:
 
 
 def _best_epochs(notes: dict) -> str:
-    """One line per seed and learner: the epoch kept and its validation LogLoss."""
-    lines = ["| seed | learner | best epoch | validation LogLoss |", "|---|---|---|---|"]
+    """One line per seed and learner: the epoch kept, its validation LogLoss, and (selectors with
+    [meta] selector_rate_scales) the factor on the selector's rates chosen on the same rows."""
+    lines = ["| seed | learner | best epoch | validation LogLoss | selector rates x (held-out LogLoss per factor) |",
+             "|---|---|---|---|---|"]
     for seed, seed_notes in notes.items():
         for name, value in seed_notes.items():
             if isinstance(value, dict) and "best_epoch" in value:
                 loss = value.get("validation_logloss", value.get("validation_cross_entropy", float("nan")))
-                lines.append(f"| {seed} | {name} | {value['best_epoch']} | {loss:.5f} |")
+                rates = value.get("selector_rates")
+                choice = (f"{rates['chosen']:g} ({', '.join(f'{k}: {v:.6f}' for k, v in rates['validation'].items())})"
+                          if rates else "")
+                lines.append(f"| {seed} | {name} | {value['best_epoch']} | {loss:.5f} | {choice} |")
     return "\n".join(lines)

@@ -91,11 +91,32 @@ def meta_train(context: TrainingContext, name: str, settings: MetaSettings, mode
                                           seed=int_seed(context.seed, "episodes"), progress=context.progress,
                                           desc=name, criterion=criterion,
                                           state=StateFile.named(context.state_dir, f"meta-{name}"))
-    if carries_over(settings):
-        carry_over_to_singles(module, context, models)
     notes = {"best_epoch": history.best_epoch, "validation_logloss": history.best_validation,
              "epochs": history.epochs}
+    if with_selector and criterion is not None and settings.selector_rate_scales:
+        with context.timer(f"{name} selector rate choice"):
+            notes["selector_rates"] = choose_selector_rates(module, settings.selector_rate_scales, criterion,
+                                                            history.best_validation)
+        context.timer.log(f"{name}: selector rates x{notes['selector_rates']['chosen']:g} "
+                          f"(held-out LogLoss {notes['selector_rates']['validation']})")
+    if carries_over(settings):
+        carry_over_to_singles(module, context, models)
     return module, notes
+
+
+def choose_selector_rates(module: MetaSGDEnsemble, scales: list[float], criterion, learned: float) -> dict:
+    """Multiply the selector's Meta-SGD rates by each factor of `scales` and keep the one whose
+    `criterion` (the held-out rows' LogLoss of the test-time setup) is lowest; factor 1 is the
+    rates as learned, scored `learned`. Returns {"chosen": factor, "validation": {factor: LogLoss}}."""
+    learned_rates = module.snapshot()
+    scores = {1.0: learned}
+    for factor in sorted({float(f) for f in scales} - {1.0}):
+        module.scale_selector_rates(factor)
+        scores[factor] = criterion()
+        module.restore(learned_rates)
+    chosen = min(scores, key=lambda f: (scores[f], f))  # ties: the smaller step
+    module.scale_selector_rates(chosen)
+    return {"chosen": chosen, "validation": {f"{f:g}": round(v, 7) for f, v in sorted(scores.items())}}
 
 
 def _carried_shift(context: TrainingContext, model: str) -> dict:

@@ -54,6 +54,7 @@ PAPER: dict[str, PaperValue] = {
     "meta.model_start": _same("pretrained", "Algorithm 1 line 3: theta pretrained"),
     "meta.pretrain_on": _same("train", "Algorithm 1 line 3: pretrained on the union of the users' training sets"),
     "meta.refit_base_models": _same(False, "Algorithm 1: the meta-trained theta itself is deployed"),
+    "meta.selector_rate_scales": _same([], "5.3: the selector's rates are the ones Meta-SGD learned"),
 }
 
 # Choices the paper leaves open, and the plainest reading the paper row takes.
@@ -81,7 +82,7 @@ STRUCTURAL = (
 # The settings the paper row takes from the paper (and from OPEN_CHOICES); the rest of [meta]
 # (sizes, epochs, the inner rate) comes from the run's configuration, whose defaults are the paper's.
 _PAPER_ROW_FIXED = ("learn_inner_lr", "first_order", "selector_uses_predictions", "selector_user_profile",
-                    "model_loss", "model_start", "pretrain_on", "refit_base_models")
+                    "model_loss", "model_start", "pretrain_on", "refit_base_models", "selector_rate_scales")
 
 
 def paper_meta(meta: MetaSettings) -> MetaSettings:

@@ -48,6 +48,13 @@ class MetaSettings:
     # The selector also sees the user's profile from their support rows (selection/user_profile.py:
     # event count, positive rate, mean item popularity). Off by default: see docs/findings.md.
     selector_user_profile: bool = setting(False)
+    # After meta-training, the selector's Meta-SGD rates are multiplied by each of these factors
+    # in turn and the factor whose test-time setup has the lowest LogLoss on the held-out rows
+    # is kept (the rows and check that stop meta-training): how far each user's inner step
+    # moves the selector away from the shared one, i.e. how much it selects per user, chosen on
+    # validation. Factor 1 (the rates as learned) is always a candidate; [] skips the choice
+    # (the paper). Beyond the paper; see docs/findings.md.
+    selector_rate_scales: list[float] = setting([1.0, 10.0, 100.0, 1000.0, 5000.0], POSITIVE)
     # What each base model's parameters descend, in the inner step and the outer step: "mixture"
     # (the paper: the mixture's LogLoss) or "own" (the model's own LogLoss; the selector still
     # descends the mixture's). See Ensemble.loss. "own" won on held-out rows (docs/findings.md).

@@ -195,6 +195,13 @@ class MetaSGDEnsemble:
         for n, a in snapshot["alpha"].items():
             self.alpha[n].copy_(a)
 
+    @torch.no_grad()
+    def scale_selector_rates(self, factor: float) -> None:
+        """Multiply the selector's Meta-SGD rates by `factor`: how far a user's inner step moves it."""
+        for n, a in self.alpha.items():
+            if n.startswith("selector."):
+                a.scale_(factor) if isinstance(a, RowStore) else a.mul_(factor)
+
     def dense_alpha(self) -> dict[str, torch.Tensor]:
         """Every Meta-SGD rate as a full tensor (tables materialised; for tests and inspection)."""
         return {n: a.dense() if isinstance(a, RowStore) else a.detach().clone() for n, a in self.alpha.items()}

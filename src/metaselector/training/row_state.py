@@ -68,6 +68,11 @@ class RowStore:
             self.count += new
         return slots
 
+    def scale_(self, factor: float) -> None:
+        """Multiply every row's value (stored or not) by `factor`."""
+        self.values.mul_(factor)
+        self.fill *= factor
+
     def write(self, rows: torch.Tensor, values: torch.Tensor) -> None:
         """Set `rows` (unique) to `values`."""
         slots = self.slots(rows)  # first: allocating may replace self.values
