@@ -54,7 +54,7 @@ class MetaSettings:
     # moves the selector away from the shared one, i.e. how much it selects per user, chosen on
     # validation. Factor 1 (the rates as learned) is always a candidate; [] skips the choice
     # (the paper). Beyond the paper; see docs/findings.md.
-    selector_rate_scales: list[float] = setting([1.0, 10.0, 100.0, 1000.0, 5000.0], POSITIVE)
+    selector_rate_scales: list[float] = setting([1.0, 10.0, 100.0, 1000.0, 5000.0, 20000.0, 100000.0], POSITIVE)
     # What each base model's parameters descend, in the inner step and the outer step: "mixture"
     # (the paper: the mixture's LogLoss) or "own" (the model's own LogLoss; the selector still
     # descends the mixture's). See Ensemble.loss. "own" won on held-out rows (docs/findings.md).
