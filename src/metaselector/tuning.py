@@ -107,19 +107,17 @@ class _Search:
                 raise optuna.TrialPruned()
 
         settings = pretrain_settings(config, self.name)
-        if config.meta.pretrain_on != "support":  # a run trains its models on all training rows at once
-            return float(pretrain(model, self.tensors, self.train, settings,
-                                  seed=int_seed(self.seed, "batch-order", self.index, 0), device=self.device,
-                                  progress=False, valid_rows=self.holdout, on_epoch=report).validation_logloss)
-        first = pretrain(model, self.tensors, self.support, settings,
-                         seed=int_seed(self.seed, "batch-order", self.index, 0), device=self.device,
-                         progress=False, valid_rows=self.holdout, on_epoch=report)
-        # Scored as the model a run uses: continued on all training rows (training/base_models.py).
-        continued = pretrain(model, self.tensors, self.train, settings,
-                             seed=int_seed(self.seed, "batch-order", self.index, 1), device=self.device,
-                             progress=False, valid_rows=self.holdout, optimizer_state=first.optimizer_state)
-        trial.set_user_attr("support_logloss", float(first.validation_logloss))
-        return float(continued.validation_logloss)
+        # Trained as a run trains it (training/base_models.py): on the support rows, then continued
+        # on all training rows and scored as continued; or, pretrain_on = "train", on all at once.
+        on_support = config.meta.pretrain_on == "support"
+        result = pretrain(model, self.tensors, self.support if on_support else self.train, settings,
+                          seed=int_seed(self.seed, "batch-order", self.index, 0), device=self.device,
+                          progress=False, valid_rows=self.holdout, on_epoch=report)
+        if on_support:
+            result = pretrain(model, self.tensors, self.train, settings,
+                              seed=int_seed(self.seed, "batch-order", self.index, 1), device=self.device,
+                              progress=False, valid_rows=self.holdout, optimizer_state=result.optimizer_state)
+        return float(result.validation_logloss)
 
 
 def tune(config: RunConfig, data: EncodedDataset, out_dir: Path, trials: int, timeout: float | None, seed: int,

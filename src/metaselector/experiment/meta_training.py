@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import torch
 
 from ..evaluation.metrics import logloss
 from ..models import BaseModel
@@ -22,6 +23,7 @@ from ..selection.ensemble import Ensemble
 from ..selection.meta_settings import MetaSettings
 from ..selection.meta_trainer import MetaTrainer
 from ..selection.metasgd import MetaSGDEnsemble
+from ..training.row_state import RowStore
 from ..training.state import StateFile
 from .context import TrainingContext
 
@@ -108,14 +110,21 @@ def choose_selector_rates(module: MetaSGDEnsemble, scales: list[float], criterio
     """Multiply the selector's Meta-SGD rates by each factor of `scales` and keep the one whose
     `criterion` (the held-out rows' LogLoss of the test-time setup) is lowest; factor 1 is the
     rates as learned, scored `learned`. Returns {"chosen": factor, "validation": {factor: LogLoss}}."""
-    learned_rates = module.snapshot()
+    learned_rates = {n: a.clone() if isinstance(a, RowStore) else a.detach().clone()
+                     for n, a in module.alpha.items() if n.startswith("selector.")}
+
+    @torch.no_grad()
+    def use(factor: float) -> None:  # exactly the learned rates times `factor`
+        for n, a in learned_rates.items():
+            module.alpha[n].copy_(a)
+        module.scale_selector_rates(factor)
+
     scores = {1.0: learned}
     for factor in sorted({float(f) for f in scales} - {1.0}):
-        module.scale_selector_rates(factor)
+        use(factor)
         scores[factor] = criterion()
-        module.restore(learned_rates)
     chosen = min(scores, key=lambda f: (scores[f], f))  # ties: the smaller step
-    module.scale_selector_rates(chosen)
+    use(chosen)
     return {"chosen": chosen, "validation": {f"{f:g}": round(v, 7) for f, v in sorted(scores.items())}}
 
 
