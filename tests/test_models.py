@@ -103,7 +103,7 @@ def test_unknown_model_name(ml1m_fixture):
         build_model("XGBoost", ml1m_fixture.layout, ModelSettings())
 
 
-@pytest.mark.parametrize("name", ["FM", "FFM", "DeepFM"])
+@pytest.mark.parametrize("name", ["FM", "FFM", "DeepFM", "MF"])
 def test_lazy_table_updates_match_dense_adam_on_the_first_step(ml1m_fixture, name):
     """Big vocabularies update only the rows a batch uses (SparseAdam on the tables): from a fresh
     state the first step equals dense Adam's, and rows the batch did not use never move."""
@@ -140,6 +140,22 @@ def test_mf_is_the_user_item_dot_product(ml1m_fixture):
     expected = model.bias + model.bias_table[user, 0] + model.bias_table[item, 0] + \
         (model.embedding[user] * model.embedding[item]).sum(dim=1)
     torch.testing.assert_close(model(batch), expected)
+
+
+def test_embedding_l2_leaves_first_order_weights_alone(ml1m_fixture):
+    """`l2_embedding` shrinks MF's user and item vectors but not its biases, as it leaves the
+    linear terms of LR, FM, FFM and DeepFM alone."""
+    from metaselector.training.pretrain import _batch_loss, make_optimizer
+
+    batch, labels = _batch(ml1m_fixture)
+    for name, first_order, vectors in (("MF", "bias_table", "embedding"), ("FM", "linear", "embedding")):
+        model = build_model(name, ml1m_fixture.layout, ModelSettings(embedding_dim=3))
+        settings = PretrainSettings(l2_embedding=1.0, lazy_table_rows=0)
+        loss, objective, _ = _batch_loss(model, make_optimizer(model, settings), batch, labels, settings,
+                                         len(labels))
+        (objective - loss).backward()  # the penalty alone
+        assert getattr(model, first_order).grad is None or not getattr(model, first_order).grad.any()
+        assert getattr(model, vectors).grad[batch.ids.unique()[1:]].abs().sum(dim=1).gt(0).all()
 
 
 def test_din_attends_only_to_real_history_items(ml1m_fixture):

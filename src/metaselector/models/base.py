@@ -63,6 +63,9 @@ class BaseModel(nn.Module):
     `search_space` (setting -> SearchParam) to have `metaselector tune` search those settings."""
 
     table_names: tuple[str, ...] = ()
+    # Tables of first-order weights (one number per feature): [pretrain] l2_embedding leaves them
+    # alone, as the paper's models leave their linear terms unregularised.
+    unpenalised_tables: tuple[str, ...] = ("linear",)
     search_space: dict[str, SearchParam] = TRAINING_SPACE
 
     def __init__(self, layout: FeatureLayout, settings: ModelSettings) -> None:

@@ -104,13 +104,13 @@ def make_optimizer(model: BaseModel, settings: PretrainSettings):
     return torch.optim.Adam(model.parameters(), lr=settings.adam_lr, fused=True)
 
 
-def embedding_penalty(tables: dict[str, torch.Tensor], ids: torch.Tensor, global_size: int | None = None
-                      ) -> torch.Tensor:
+def embedding_penalty(tables: dict[str, torch.Tensor], ids: torch.Tensor, global_size: int | None = None,
+                      skip: tuple[str, ...] = ("linear",)) -> torch.Tensor:
     """Squared norm of the table rows this batch uses (L2 on embeddings, per sample of the
-    global batch)."""
+    global batch); the tables named in `skip` (first-order weights) are left out."""
     total = torch.zeros((), device=ids.device)
     for name, table in tables.items():
-        if name == "linear":
+        if name in skip:
             continue
         total = total + gather_rows(table, ids).pow(2).sum()
     return total / (global_size or ids.shape[0])
@@ -131,7 +131,8 @@ def _batch_loss(model: BaseModel, optimizer, batch: Batch, labels: torch.Tensor,
     if not isinstance(optimizer, AdamWithLazyTables):
         loss = _mean_loss(model(batch), labels, global_size)
         tables = {n: getattr(model, n) for n in model.table_names}
-        penalty = embedding_penalty(tables, batch.ids, global_size) if settings.l2_embedding else 0.0
+        penalty = (embedding_penalty(tables, batch.ids, global_size, model.unpenalised_tables)
+                   if settings.l2_embedding else 0.0)
 
         def finish() -> None:
             distributed.sum_gradients(list(model.parameters()))
@@ -143,7 +144,7 @@ def _batch_loss(model: BaseModel, optimizer, batch: Batch, labels: torch.Tensor,
     leaves = {n: getattr(model, n).detach()[used].requires_grad_(True) for n in optimizer.tables}
     logits = functional_call(model, leaves, (Batch(local, batch.weights),))
     loss = _mean_loss(logits, labels, global_size)
-    penalty = embedding_penalty(leaves, local, global_size) if settings.l2_embedding else 0.0
+    penalty = embedding_penalty(leaves, local, global_size, model.unpenalised_tables) if settings.l2_embedding else 0.0
 
     def finish() -> None:
         dense = [p for p in model.parameters() if all(p is not t for t in optimizer.tables.values())]
