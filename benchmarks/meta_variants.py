@@ -2,9 +2,10 @@
 
 For each seed: the split and base models of `metaselector reproduce` (pretraining is cached
 under --state and reused), then every variant's meta-training. A variant is a set of [meta]
-settings laid over the run's. Each variant's choice criterion is what stops its meta-training:
-the test-time setup's LogLoss on the base models' shared validation slice (rows no model has
-trained on; up to 2,000 users adapting on their other training rows). Every variant is named by
+settings laid over the run's. Each variant's choice criterion is what stops its meta-training (and, with
+[meta] selector_rate_scales, chooses the selector's rate factor after it): the test-time setup's
+LogLoss on the base models' shared validation slice (rows no model has trained on; up to 2,000
+users adapting on their other training rows). Every variant is named by
 what it sets: "paper" is the paper row's settings (Algorithm 1 with section 5.3's values,
 `experiment/paper.py`), "validated" the [meta] table as configured (the project's defaults), and
 each --variant is a JSON of [meta] settings laid over the paper's (or, with --variant-base
@@ -124,8 +125,13 @@ def main() -> None:
             learner, notes = meta_train(context, f"MetaSelector {name}", meta, list(config.models))
             test = scored(context, learner.predict(context.tensors, test_tasks, [t.query for t in test_tasks]),
                           test_tasks)
+            # with [meta] selector_rate_scales the last choice is the selector's rate factor,
+            # judged on the same rows: its LogLoss is the variant's
+            rates = notes.get("selector_rates")
+            validation = rates["validation"][f"{rates['chosen']:g}"] if rates else notes["validation_logloss"]
             report({"seed": seed, "method": f"MetaSelector {name}", "settings": resolved_meta(meta),
-                    "validation": notes["validation_logloss"], "best_epoch": notes["best_epoch"], **test,
+                    "validation": validation, "best_epoch": notes["best_epoch"],
+                    "selector_rate_factor": rates["chosen"] if rates else None, **test,
                     "seconds": time.perf_counter() - start})
 
 
