@@ -9,6 +9,7 @@ import torch
 
 from metaselector.config import RunConfig, preset
 from metaselector.evaluation.diagnostics import selector_diagnostics
+from metaselector.evaluation.fidelity import Fidelity, discarded_section
 from metaselector.experiment.paper import deviations, paper_meta, resolved_meta
 from metaselector.pipeline import reproduce
 from metaselector.settings import merge
@@ -56,6 +57,23 @@ def test_selector_kind_reads_what_the_weights_do():
     assert d["by_activity"]["users"][:4] == [1, 1, 1, 1]
 
 
+def test_a_kept_start_says_where_the_selector_rate_factor_selects_per_user():
+    """Best epoch 0 with [meta] selector_rate_scales: the report says on which seeds a factor above
+    1 made the selector's own per-user step the row's difference from its start, and on which the
+    learned rates (one blend for everyone) were kept."""
+    info = {"variant": "extension", "best_epoch": [0, 0, 2], "start": "Per-user adaptation + Global Blend",
+            "selector_rate_factor": [20000.0, 1.0, 5000.0]}
+    text = "\n".join(discarded_section(Fidelity([], {}, [], {"MetaSelector (validated)": info}), [0, 1, 2]))
+    line = next(x for x in text.splitlines() if x.startswith("- **MetaSelector (validated)**"))
+    assert "best epoch 0 on seeds 0, 1;" in line
+    assert "On seed 0 (x20000) the selector's rates were scaled" in line
+    assert "On seed 1 the learned rates were kept (factor 1): one blend for every user." in line
+    assert "x5000" not in line  # seed 2 kept a meta-trained epoch: not a kept start
+    plain = dict(info, selector_rate_factor=None)
+    text = "\n".join(discarded_section(Fidelity([], {}, [], {"MetaSelector (validated)": plain}), [0, 1, 2]))
+    assert "rates" not in text
+
+
 def test_default_reproduce_reports_the_paper_row_and_its_deviations(ml1m_fixture, tmp_path):
     torch.set_num_threads(1)
     config = RunConfig.from_dict(merge({**TINY, "dataset": "movielens-1m"}, {"ablations": False}))
@@ -73,4 +91,8 @@ def test_default_reproduce_reports_the_paper_row_and_its_deviations(ml1m_fixture
     assert "## Deviations from the paper" in report and "`meta.model_loss`" in report
     assert "MetaSelector (validated) †" in report
     assert set(results["selector_diagnostics"]) == {"MetaSelector (paper)", "MetaSelector (validated)"}
+    # the validated row chose its selector rate factor among the configured ones; the paper row has none
+    scales = results["rows"]["MetaSelector (validated)"]["settings"]["selector_rate_scales"]
+    assert results["rows"]["MetaSelector (validated)"]["selector_rate_factor"][0] in scales
+    assert "selector_rate_factor" not in paper
     assert "## Paired per-user test: MetaSelector (paper)" in report

@@ -232,6 +232,9 @@ def _fidelity(config: RunConfig, data: EncodedDataset, results: list[SeedResult]
             info["best_epoch"] = [r.notes.get(method.name, {}).get("best_epoch") for r in results]
             info["start"] = method.start
             info["settings"] = resolved_meta(method.settings)
+            factors = [r.notes.get(method.name, {}).get("selector_rates", {}).get("chosen") for r in results]
+            if any(f is not None for f in factors):  # [meta] selector_rate_scales chose one per seed
+                info["selector_rate_factor"] = factors
         row_info[method.name] = info
     selector_rows = {m.name: m.settings for m in methods if m.settings is not None and m.selects}
     fidelity = Fidelity(

@@ -67,13 +67,37 @@ def discarded_section(fidelity: Fidelity, seeds: list[int]) -> list[str]:
             continue
         zero = [str(s) for s, e in zip(seeds, epochs, strict=False) if e == 0]
         if zero:
-            lines.append(f"- **{name}**: best epoch 0 on seed{'s' if len(zero) > 1 else ''} {', '.join(zero)}; "
+            lines.append(f"- **{name}**: best epoch 0 on {_seeds(zero)}; "
                          f"meta-training never beat its start there, so on those seeds the row is its start: "
-                         f"{info['start']}.")
+                         f"{info['start']}.{_rate_note(info, seeds, epochs)}")
     best = "\n".join(f"- {name}: " + ", ".join(map(str, info["best_epoch"]))
                      for name, info in fidelity.row_info.items() if info.get("best_epoch"))
     return ["## What each meta-trained row kept", "Best epoch per seed (0: the start was kept):", best,
             "\n".join(lines) if lines else "Every meta-trained row kept a meta-trained epoch on every seed."]
+
+
+def _seeds(seeds: list[str]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
+
+
+def _rate_note(info: dict, seeds: list[int], epochs: list) -> str:
+    """For a kept start whose selector rates were scaled ([meta] selector_rate_scales): on which
+    seeds the selector's own per-user step, at its rates times the chosen factor, is what sets the
+    row apart from its start's blend, and on which it is one blend for everyone."""
+    factors = info.get("selector_rate_factor")
+    if not factors:
+        return ""
+    kept = [(str(s), f) for s, e, f in zip(seeds, epochs, factors, strict=False) if e == 0 and f is not None]
+    scaled = [f"{s} (x{f:g})" for s, f in kept if f != 1]
+    learned = [s for s, f in kept if f == 1]
+    parts = []
+    if scaled:
+        parts.append(f" On {_seeds(scaled)} the selector's rates were scaled by the factor chosen on held-out "
+                     "rows, so its inner step on each user's rows moves the weights per user: that step is "
+                     "what the row adds to its start.")
+    if learned:
+        parts.append(f" On {_seeds(learned)} the learned rates were kept (factor 1): one blend for every user.")
+    return "".join(parts)
 
 
 def diagnostics_section(fidelity: Fidelity, seed: int) -> list[str]:
