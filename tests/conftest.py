@@ -131,16 +131,27 @@ class ServeProcess:
             [sys.executable, "-m", "metaselector", "serve", "--model", str(model_dir), "--port", str(self.port),
              "--history-db", str(db), "--threads", "1", *options], stdout=subprocess.DEVNULL, stderr=self._log,
             start_new_session=True)  # its own process group: stop() ends uvicorn's workers too
+        # started: every worker listens. Health answers once the first one does; on a busy
+        # machine the others may still be loading the model, so new connections (each hashed by
+        # the kernel to one worker's socket) are made until each worker has answered one.
+        workers = int(options[options.index("--workers") + 1]) if "--workers" in options else 1
+        seen: set[int] = set()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
-                    return
+                with httpx.Client() as client:  # a connection of its own
+                    health = client.get(f"{self.url}/v1/health", timeout=1)
+                if health.status_code == 200:
+                    seen.add(health.json()["worker_pid"])
+                    if len(seen) == workers:
+                        return
+                    continue
             except httpx.HTTPError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
             if self.process.poll() is not None:
                 raise RuntimeError(self.log())
-        raise RuntimeError("server did not start")
+        raise RuntimeError(f"server did not start: {len(seen)} of {workers} workers answered")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -105,12 +105,9 @@ def test_workers_each_listen_so_connections_spread_and_one_that_dies_is_replaced
                                                                                  serve_process):
     server = serve_process(model_dir, tmp_path / "h.sqlite", "--workers", "2")
     try:
-        # health answers once the first worker listens; the second may still be loading the model
-        # on a busy machine. SO_REUSEPORT: once both listen the kernel hashes each connection to
-        # one worker's socket; all 24 on one worker would happen with probability 2 * 2**-24
-        deadline = time.monotonic() + 60
-        while len(set(pids := _worker_pids(server.url, 24))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.5)
+        # SO_REUSEPORT: the kernel hashes each connection to one worker's socket (both listen once
+        # serve_process has started); all 24 on one worker would happen with probability 2 * 2**-24
+        pids = _worker_pids(server.url, 24)
         assert len(set(pids)) == 2
         os.kill(pids[0], signal.SIGKILL)
         for _ in range(300):

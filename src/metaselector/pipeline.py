@@ -229,10 +229,11 @@ def _fidelity(config: RunConfig, data: EncodedDataset, results: list[SeedResult]
     for method in methods:
         info: dict = {"variant": method.variant}
         if method.settings is not None:
-            info["best_epoch"] = [r.notes.get(method.name, {}).get("best_epoch") for r in results]
+            notes = [r.notes.get(method.name, {}) for r in results]
+            info["best_epoch"] = [n.get("best_epoch") for n in notes]
             info["start"] = method.start
             info["settings"] = resolved_meta(method.settings)
-            factors = [r.notes.get(method.name, {}).get("selector_rates", {}).get("chosen") for r in results]
+            factors = [n.get("selector_rates", {}).get("chosen") for n in notes]
             if any(f is not None for f in factors):  # [meta] selector_rate_scales chose one per seed
                 info["selector_rate_factor"] = factors
         row_info[method.name] = info
