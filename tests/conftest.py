@@ -82,7 +82,8 @@ def make_episode(ml1m_fixture):
 
     def make(n_users: int = 3):
         tensors = TensorData.from_encoded(ml1m_fixture)
-        tensors = TensorData(tensors.ids, tensors.weights.double(), tensors.labels.double(), tensors.users)
+        tensors = TensorData(tensors.ids, tensors.weights.double(), tensors.labels.double(), tensors.users,
+                             tensors.timestamps, tensors.ratings)
         split = split_users(ml1m_fixture.users, ml1m_fixture.timestamps, seed=0)
         return tensors, tasks_for(ml1m_fixture.users, split.support, split.query)[:n_users]
 

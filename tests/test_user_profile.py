@@ -15,6 +15,7 @@ from metaselector.selection.meta_settings import MetaSettings
 from metaselector.selection.metasgd import MetaSGDEnsemble
 from metaselector.selection.selector import Selector
 from metaselector.selection.user_profile import FEATURES, UserProfile
+from metaselector.training.tensors import TensorData
 
 
 def _module_with_profile(layout, tensors, tasks):
@@ -24,25 +25,57 @@ def _module_with_profile(layout, tensors, tasks):
     selector = Selector(layout, ModelSettings(4, [8]), 2, uses_predictions=True, profile_features=len(FEATURES))
     with torch.no_grad():
         selector.deep[-1].weight.normal_(0, 0.5)
-    profile = UserProfile.fit(layout, tensors.ids, tensors.labels, [t.support for t in tasks])
+    profile = UserProfile.fit(layout, tensors, [t.support for t in tasks])
     return MetaSGDEnsemble(Ensemble(models, selector).double(), MetaSettings(inner_lr=0.05), profile=profile)
 
 
 def test_profile_is_standardised_over_the_fitting_users(ml1m_fixture, make_episode):
     tensors, tasks = make_episode(n_users=20)
-    profile = UserProfile.fit(ml1m_fixture.layout, tensors.ids, tensors.labels, [t.support for t in tasks])
-    rows = torch.stack([profile.features(profile.popularity[tensors.ids[torch.as_tensor(t.support),
-                                                                            profile.item_slot].long()],
-                                         tensors.labels[torch.as_tensor(t.support)].float()) for t in tasks])
+    profile = UserProfile.fit(ml1m_fixture.layout, tensors, [t.support for t in tasks])
+    rows = profile.features(tensors, [t.support for t in tasks])
+    assert rows.shape == (20, len(FEATURES))
     np.testing.assert_allclose(rows.mean(0).numpy(), 0.0, atol=1e-5)
     np.testing.assert_allclose(rows.std(0).numpy(), 1.0, atol=1e-4)
-    # padding rows (mask 0) change nothing
-    t = tasks[0]
-    pop = profile.popularity[tensors.ids[torch.as_tensor(t.support), profile.item_slot].long()]
-    labels = tensors.labels[torch.as_tensor(t.support)].float()
-    padded = profile.features(torch.cat([pop, torch.full((5,), 9.0)]), torch.cat([labels, torch.ones(5)]),
-                              torch.cat([torch.ones(len(pop)), torch.zeros(5)]))
-    torch.testing.assert_close(padded, profile.features(pop, labels))
+
+
+def test_profile_features_of_one_user_by_hand(ml1m_fixture, make_episode):
+    """Rating mean and spread and the mean gap, shrunk toward the training values, from the raw
+    ratings and timestamps of the user's support rows only."""
+    tensors, tasks = make_episode(n_users=20)
+    profile = UserProfile.fit(ml1m_fixture.layout, tensors, [t.support for t in tasks])
+    rows = tasks[0].support
+    ratings = ml1m_fixture.ratings[rows].astype(np.float64)
+    days = np.diff(np.sort(ml1m_fixture.timestamps[rows])) / 86400
+    pooled = np.concatenate([ml1m_fixture.ratings[t.support] for t in tasks]).astype(np.float64)
+    k = 5.0
+    mean = (ratings.sum() + k * pooled.mean()) / (len(ratings) + k)
+    spread = np.sqrt((((ratings - ratings.mean()) ** 2).sum() + k * pooled.var(ddof=1)) / (len(ratings) - 1 + k))
+    gap = (days.sum() + k * profile.priors["gap_days"]) / (len(days) + k)
+    labels = ml1m_fixture.labels[rows]
+    rate = (labels.sum() + k * ml1m_fixture.labels[np.concatenate([t.support for t in tasks])].mean()) / (len(rows) + k)
+    raw = profile.raw_features(tensors, [rows])[0].numpy()
+    np.testing.assert_allclose(raw[[0, 1, 3, 4, 5]], [np.log1p(len(rows)), rate, mean, spread, np.log1p(gap)],
+                               rtol=1e-6)
+    # the ratings and times of rows outside the support set change nothing
+    other = TensorData(tensors.ids, tensors.weights, tensors.labels, tensors.users, tensors.timestamps.clone(),
+                       tensors.ratings.clone())
+    outside = np.setdiff1d(np.arange(len(tensors.labels)), rows)
+    other.ratings[outside], other.timestamps[outside] = 1.0, 0
+    torch.testing.assert_close(profile.raw_features(other, [rows]), profile.raw_features(tensors, [rows]))
+
+
+def test_a_user_without_ratings_or_times_gets_the_training_values(ml1m_fixture, make_episode):
+    """Label-only events (no ratings) and one-event histories still have a defined profile: the
+    rating and gap features are the training values the shrinkage pulls toward."""
+    tensors, tasks = make_episode(n_users=20)
+    profile = UserProfile.fit(ml1m_fixture.layout, tensors, [t.support for t in tasks])
+    unrated = TensorData(tensors.ids, tensors.weights, tensors.labels, tensors.users, tensors.timestamps, None)
+    raw = profile.raw_features(unrated, [tasks[0].support, tasks[0].support[:1]])
+    p = profile.priors
+    np.testing.assert_allclose(raw[:, 3].numpy(), p["rating_mean"], rtol=1e-9)
+    np.testing.assert_allclose(raw[:, 4].numpy(), np.sqrt(p["rating_variance"]), rtol=1e-9)
+    assert float(raw[1, 5]) == pytest.approx(np.log1p(p["gap_days"]))
+    assert torch.isfinite(profile.features(unrated, [tasks[0].support[:0]])).all()  # no rows at all
 
 
 def test_batched_prediction_with_profile_equals_each_user_alone(ml1m_fixture, make_episode):
@@ -54,8 +87,7 @@ def test_batched_prediction_with_profile_equals_each_user_alone(ml1m_fixture, ma
     for task, rows, (got, weights) in zip(tasks, eval_rows, batched, strict=True):
         params = {n: p.detach().clone() for n, p in module.params.items()}
         s_batch, s_labels = tensors.batch(task.support)
-        profile = module.profile.features(module.profile.popularity[s_batch.ids[:, module.profile.item_slot].long()],
-                                          s_labels)
+        profile = module.profile.features(tensors, [task.support])[0]
         profiles.append(profile)
         adapted = module.adapt(params, module.dense_alpha(), s_batch, s_labels, create_graph=False, profile=profile)
         expected, expected_weights = module.ensemble.mixture(adapted, tensors.batch(rows)[0], profile=profile)
@@ -91,3 +123,14 @@ def test_saved_model_with_profile_scores_as_trained(tmp_path, events):
     np.testing.assert_allclose(after.probabilities, before.probabilities, rtol=1e-6)
     np.testing.assert_allclose(after.weights, before.weights, rtol=1e-6)
     torch.testing.assert_close(loaded.module_.profile.popularity, model.module_.profile.popularity)
+    # the history's ratings reach the selector (its rating features): the same events given as
+    # 0/1 labels only leave those features at the training values, and the weights move
+    labels_only = rows.iloc[:15].assign(label=(rows.iloc[:15].rating >= 4).astype(int)).drop(columns="rating")
+    without = loaded.score_users([(labels_only, request[1])])[0]
+    assert not np.allclose(without.weights, after.weights)
+    # the service keeps the ratings of the events it is given (and stores) for the profile
+    from metaselector.serving.schemas import labelled
+
+    assert labelled([{"item": "1", "timestamp": 5, "rating": 2.0}], 4.0) == \
+        [{"item": "1", "timestamp": 5, "rating": 2.0, "label": 0}]
+    assert labelled([{"item": "1", "timestamp": 5, "label": 1}], 4.0)[0]["rating"] is None

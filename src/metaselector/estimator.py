@@ -201,7 +201,8 @@ class MetaSelector:
         if np.isnan(history_labels).any():
             raise InputError("history: every event needs a 'rating' (or a 0/1 'label')")
         tensors = TensorData(torch.from_numpy(encoded.ids), torch.from_numpy(encoded.weights),
-                             torch.from_numpy(np.nan_to_num(labels)), torch.from_numpy(np.concatenate(groups)))
+                             torch.from_numpy(np.nan_to_num(labels)), torch.from_numpy(np.concatenate(groups)),
+                             *self._profile_inputs(events))
         tasks = [UserTask(i, s, e) for i, (s, e) in enumerate(zip(support, evaluation, strict=True))]
         encoded_at = time.perf_counter()
         scored = self.module_.predict(tensors, tasks, evaluation, with_weights=True)
@@ -212,6 +213,17 @@ class MetaSelector:
         return [UserScores(p, w, count > 0, count, {"users": int(unknown_user[e].sum()),
                                                      "items": int(unknown_item[e].sum())})
                 for (p, w), count, e in zip(scored, counts, evaluation, strict=True)]
+
+    def _profile_inputs(self, events: pd.DataFrame) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The events' timestamps and ratings, for a selector that reads the user's profile (the
+        encoder has checked the timestamps); ratings only where labels are read from them."""
+        if self.module_.profile is None:
+            return None, None
+        times = torch.as_tensor(pd.to_numeric(events["timestamp"]).to_numpy().astype(np.int64))
+        if self.encoder_.label_rule.threshold is None or "rating" not in events.columns:
+            return times, None
+        ratings = pd.to_numeric(events["rating"], errors="coerce").to_numpy(dtype=np.float32)
+        return times, torch.from_numpy(np.array(ratings))  # a writable copy
 
     def predict_proba(self, candidates: Events, history: Events = None) -> np.ndarray:
         """One user's candidates: the probability of a positive label, after adapting to `history`."""

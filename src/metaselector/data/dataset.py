@@ -29,6 +29,9 @@ class EncodedDataset:
     dropped: dict[str, int] = field(default_factory=dict)
     encoder: FeatureEncoder | None = field(default=None, repr=False)  # encodes new events the same way
     sources: dict[str, str] = field(default_factory=dict)  # input file name -> SHA-256
+    # float32 [N]: the raw rating where the labels come from ratings (the user profile reads it);
+    # None where events carry 0/1 labels only
+    ratings: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:
@@ -72,4 +75,12 @@ def encode(raw: RawData, spec: FeatureSpec, label_threshold: float | None = 4.0,
         user_names=np.asarray(encoder.vocabularies["@user"], dtype=str),
         dropped=dict(raw.dropped),
         encoder=encoder,
+        ratings=_ratings(frame, label_threshold),
     )
+
+
+def _ratings(frame, label_threshold: float | None) -> np.ndarray | None:
+    """The events' ratings, where labels are read from them (a threshold is set)."""
+    if label_threshold is None or "rating" not in frame.columns:
+        return None
+    return frame["rating"].to_numpy(dtype=np.float32)

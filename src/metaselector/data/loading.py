@@ -22,7 +22,7 @@ from .features import FEATURE_SPECS, FeatureSpec, custom_feature_spec
 from .registry import ML_LATEST_SMALL_SHA256, builtin_ml_latest_small, dataset_info
 from .sources import RawData, load_amazon_electronics, load_ml_latest_small, load_movielens_1m, load_movielens_100k
 
-CACHE_FORMAT = 2  # bump when the encoding changes, so stale caches are not reused
+CACHE_FORMAT = 3  # bump when the encoding changes, so stale caches are not reused
 
 _ARCHIVES = {"movielens-1m": ("ml-1m", "ml-1m.zip"), "movielens-100k": ("ml-100k", "ml-100k.zip")}
 
@@ -195,8 +195,9 @@ def _describe(spec: FeatureSpec) -> str:
 def _write_cache(path: Path, data: EncodedDataset, key: str) -> None:
     meta = json.dumps({"key": key, "name": data.name, "encoder": data.encoder.to_dict(), "dropped": data.dropped})
     with atomic_write(path) as handle:
+        extra = {} if data.ratings is None else {"ratings": data.ratings}
         np.savez(handle, ids=data.ids, weights=data.weights, labels=data.labels, users=data.users,
-                 items=data.items, timestamps=data.timestamps, user_names=data.user_names,
+                 items=data.items, timestamps=data.timestamps, user_names=data.user_names, **extra,
                  meta=np.frombuffer(meta.encode(), dtype=np.uint8))
 
 
@@ -210,5 +211,5 @@ def _read_cache(path: Path, key: str) -> EncodedDataset:
             name=meta["name"], layout=encoder.layout, encoder=encoder, ids=stored["ids"],
             weights=stored["weights"], labels=stored["labels"], users=stored["users"],
             items=stored["items"], timestamps=stored["timestamps"], user_names=stored["user_names"],
-            dropped=meta["dropped"],
+            dropped=meta["dropped"], ratings=stored["ratings"] if "ratings" in stored.files else None,
         )

@@ -139,8 +139,7 @@ class TrainingContext:
     def user_profile(self) -> UserProfile:
         """User profiles' constants (item popularity, scaling) from the meta-training users'
         support rows: the selector's user-level inputs and feature-weighted stacking's."""
-        return UserProfile.fit(self.data.layout, self.tensors.ids, self.tensors.labels,
-                               [t.support for t in self.train_tasks])
+        return UserProfile.fit(self.data.layout, self.tensors, [t.support for t in self.train_tasks])
 
     def new_selector(self, meta: MetaSettings) -> Selector:
         """A user-level selector for the [meta] settings `meta`, initialised from the seed (and

@@ -86,13 +86,13 @@ class MetaTrainer:
                                       torch.empty(0, dtype=torch.int64, device=m.device))
         leaves, alphas = self._episode_leaves(rows)
         total = 0.0
-        for user_rows, s_batch, s_labels, q_batch, q_labels in own:
+        # each user's profile, from their support rows only
+        profiles = m.profile.features(data, [t.support for t in mine]).to(m.device) \
+            if m.profile is not None and mine else [None] * len(own)
+        for (user_rows, s_batch, s_labels, q_batch, q_labels), profile in zip(own, profiles, strict=True):
             position = torch.searchsorted(rows, user_rows)
             params = {n: (v[position] if n in m.ensemble.tables else v) for n, v in leaves.items()}
             rates = {n: (v[position] if n in m.ensemble.tables else v) for n, v in alphas.items()}
-            profile = None
-            if m.profile is not None:  # from the user's support rows only
-                profile = m.profile.of_user(m.profile.popularity[user_rows], s_batch.ids, s_labels)
             adapted = m.adapt(params, rates, s_batch, s_labels, create_graph=not m.settings.first_order,
                               profile=profile)
             query_loss = m.ensemble.loss(adapted, q_batch, q_labels, model_loss=m.settings.model_loss,

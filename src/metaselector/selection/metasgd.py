@@ -119,20 +119,18 @@ class MetaSGDEnsemble:
         dense_rates = {n: self.alpha[n].detach() for n in self.dense}
         steps = self.settings.inner_steps if adapt else 0
         s, e = users.support, users.evaluation
-        # each user's rows' item popularity, gathered like a table (none without a profile)
-        popularity = self.profile.popularity[lookup] if self.profile is not None else None
+        # each user's profile from their support rows (none for a selector that does not read it)
+        profiles = self.profile.features(data, [t.support for t in tasks]).to(self.device) \
+            if self.profile is not None else None
 
-        def one_user(tables_u, rates_u, popularity_u, s_ids, s_w, s_y, s_mask, e_ids, e_w):
-            profile = None
-            if popularity_u is not None:
-                profile = self.profile.of_user(popularity_u, s_ids, s_y, s_mask)
+        def one_user(tables_u, rates_u, profile, s_ids, s_w, s_y, s_mask, e_ids, e_w):
             params = self.adapt({**dense, **tables_u}, {**dense_rates, **rates_u}, Batch(s_ids, s_w), s_y,
                                 create_graph=False, mask=s_mask, steps=steps, profile=profile)
             return self.ensemble.mixture(params, Batch(e_ids, e_w), profile=profile)
 
         with torch.no_grad():
-            in_dims = (0, 0, None if popularity is None else 0, 0, 0, 0, 0, 0, 0)
-            p, weights = torch.func.vmap(one_user, in_dims=in_dims)(tables, rates, popularity, s.ids, s.weights,
+            in_dims = (0, 0, None if profiles is None else 0, 0, 0, 0, 0, 0, 0)
+            p, weights = torch.func.vmap(one_user, in_dims=in_dims)(tables, rates, profiles, s.ids, s.weights,
                                                                     s.labels, s.mask, e.ids, e.weights)
         p, weights = p.double().cpu().numpy(), weights.double().cpu().numpy()
         if with_weights:

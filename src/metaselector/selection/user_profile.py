@@ -1,21 +1,26 @@
 """User-level selector inputs: a profile of the user computed from their support rows only.
 
 Per-user algorithm selection finds the user's own meta-features (how many interactions, how
-positive, how popular the items they pick) the strongest signal for which model suits whom:
-collaborative models for long histories, feature models for short ones. With `[meta]
-selector_user_profile = true` the selector sees, besides the sample's features:
+positive, how they rate, how popular the items they pick, how often they come) the strongest
+signal for which model suits whom: collaborative models for long histories, feature models for
+short ones. With `[meta] selector_user_profile = true` the selector sees, besides the sample's
+features (and feature-weighted stacking always sees):
 
   log_events     log(1 + the user's support rows)
   positive_rate  their positive rate, shrunk toward the training rate by SHRINK pseudo-events
   popularity     the mean log(1 + training count) of the items of their support rows
+  rating_mean    their mean rating, shrunk toward the training mean by SHRINK pseudo-ratings
+  rating_spread  the standard deviation of their ratings, its variance shrunk likewise
+  log_gap        log(1 + the mean days between consecutive support events), the span over
+                 (events - 1) with SHRINK pseudo-gaps of the training mean gap
 
-each standardised with the mean and spread over the meta-training users. At test time the
-support rows are the user's training rows (or, serving, their history); nothing from the rows
-being scored enters. Timestamps and raw ratings are not in the encoded rows, so recency and
-rating spread are not among them.
+each standardised with the mean and spread over the meta-training users. Shrinking makes every
+feature defined for every user: a user with no rating (label-only events) or a single event gets
+the training value. At test time the support rows are the user's training rows (or, serving,
+their history); nothing from the rows being scored enters.
 
-Inside a vmapped or per-user inner step, a user's ids are positions in their own table rows
-(user_rows.gather_users); `popularity` is then gathered for those rows like a table.
+The profile is a per-user vector computed from the rows' global ids, labels, ratings and
+timestamps (TensorData) before the inner step; inside it the vector is a constant input.
 """
 
 from __future__ import annotations
@@ -28,17 +33,21 @@ import torch
 from ..data.features import FeatureLayout
 from ..errors import InputError
 from ..models.mf import ITEM_FIELDS, field_slot
+from ..training.tensors import TensorData
 
-FEATURES = ("log_events", "positive_rate", "popularity")
+FEATURES = ("log_events", "positive_rate", "popularity", "rating_mean", "rating_spread", "log_gap")
 SHRINK = 5.0
+DAY = 86400.0
+# constants saved with the profile: item slot, then the training statistics the shrinkage pulls toward
+CONSTANTS = ("item_slot", "positive_rate", "rating_mean", "rating_variance", "gap_days")
 
 
 class UserProfile:
-    """The profile's constants: item popularity per feature id, the training rate, the scaling."""
+    """The profile's constants: item popularity per feature id, the training statistics, the scaling."""
 
-    def __init__(self, item_slot: int, popularity: torch.Tensor, global_rate: float,
+    def __init__(self, item_slot: int, popularity: torch.Tensor, priors: dict[str, float],
                  mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.item_slot, self.popularity, self.global_rate = item_slot, popularity, global_rate
+        self.item_slot, self.popularity, self.priors = item_slot, popularity, priors
         self.mean, self.std = mean, std
 
     @staticmethod
@@ -47,63 +56,92 @@ class UserProfile:
         return field_slot(layout, ITEM_FIELDS, "selector_user_profile")
 
     @classmethod
-    def fit(cls, layout: FeatureLayout, ids: torch.Tensor, labels: torch.Tensor,
-            support: Sequence[np.ndarray]) -> UserProfile:
-        """From the meta-training users' support rows: popularity counts, the positive rate, and
-        the profile's mean and spread over those users."""
+    def fit(cls, layout: FeatureLayout, data: TensorData, support: Sequence[np.ndarray]) -> UserProfile:
+        """From the meta-training users' support rows: popularity counts, the training statistics,
+        and the profile's mean and spread over those users."""
         slot = cls.item_slot_of(layout)
         rows = torch.as_tensor(np.concatenate(support) if len(support) else np.empty(0, np.int64))
-        counts = torch.bincount(ids[rows, slot].long(), minlength=layout.num_features).double()
+        counts = torch.bincount(data.ids[rows, slot].long(), minlength=layout.num_features).double()
         counts[0] = 0  # the unknown item
-        popularity = torch.log1p(counts).float()
-        rate = float(labels[rows].double().mean()) if len(rows) else 0.5
-        raw = cls(slot, popularity, rate, torch.zeros(len(FEATURES)), torch.ones(len(FEATURES)))
-        profiles = torch.stack([raw.features(popularity[ids[torch.as_tensor(r), slot].long()],
-                                             labels[torch.as_tensor(r)].float()) for r in support])
-        raw.mean, raw.std = profiles.mean(0), profiles.std(0).clamp(min=1e-6)
+        ratings = _ratings(data, rows)
+        ratings = ratings[~torch.isnan(ratings)]
+        gaps = [g for g in (_gaps(data, torch.as_tensor(r)) for r in support) if len(g)]
+        priors = {"positive_rate": float(data.labels[rows].double().mean()) if len(rows) else 0.5,
+                  "rating_mean": float(ratings.mean()) if len(ratings) else 0.0,
+                  "rating_variance": float(ratings.var()) if len(ratings) > 1 else 0.0,
+                  "gap_days": float(torch.cat(gaps).mean()) if gaps else 0.0}
+        raw = cls(slot, torch.log1p(counts).float(), priors, torch.zeros(len(FEATURES)), torch.ones(len(FEATURES)))
+        profiles = raw.raw_features(data, support)
+        raw.mean, raw.std = profiles.mean(0), profiles.std(0).nan_to_num(1.0).clamp(min=1e-6)
         return raw
 
-    def features(self, row_popularity: torch.Tensor, labels: torch.Tensor,
-                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The standardised profile [F] of one user from their support rows' item popularity and
-        labels (`mask`: 1 for real rows of a padded user). Runs under vmap."""
-        mask = torch.ones_like(labels) if mask is None else mask
-        n = mask.sum()
-        log_events = torch.log1p(n)
-        rate = ((labels * mask).sum() + SHRINK * self.global_rate) / (n + SHRINK)
-        popularity = (row_popularity * mask).sum() / n.clamp(min=1)
-        return (torch.stack([log_events, rate, popularity]) - self.mean) / self.std
+    def raw_features(self, data: TensorData, row_lists: Sequence[np.ndarray]) -> torch.Tensor:
+        """The unstandardised profiles [U, F] of users with the support rows `row_lists`."""
+        out = torch.empty(len(row_lists), len(FEATURES), dtype=torch.float64)
+        p = self.priors
+        for k, rows in enumerate(row_lists):
+            rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+            n = float(len(rows))
+            rate = (float(data.labels[rows].double().sum()) + SHRINK * p["positive_rate"]) / (n + SHRINK)
+            popularity = float(self.popularity[data.ids[rows, self.item_slot].long()].double().mean()) if n else 0.0
+            ratings = _ratings(data, rows)
+            ratings = ratings[~torch.isnan(ratings)]
+            m = len(ratings)
+            rating_mean = (float(ratings.sum()) + SHRINK * p["rating_mean"]) / (m + SHRINK)
+            spread = float(((ratings - ratings.mean()) ** 2).sum()) if m else 0.0
+            rating_spread = ((spread + SHRINK * p["rating_variance"]) / (max(m - 1, 0) + SHRINK)) ** 0.5
+            gaps = _gaps(data, rows)
+            gap = (float(gaps.sum()) + SHRINK * p["gap_days"]) / (len(gaps) + SHRINK)
+            out[k] = torch.tensor([np.log1p(n), rate, popularity, rating_mean, rating_spread, np.log1p(gap)])
+        return out
 
-    def of_user(self, row_popularity: torch.Tensor, support_ids: torch.Tensor, labels: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The profile of one user in the inner step, whose `support_ids` are positions in their
-        own table rows and `row_popularity` those rows' popularity."""
-        return self.features(row_popularity[support_ids[:, self.item_slot]], labels, mask)
+    def features(self, data: TensorData, row_lists: Sequence[np.ndarray]) -> torch.Tensor:
+        """The standardised profiles [U, F] (float32) of users with the support rows `row_lists`."""
+        raw = self.raw_features(data, row_lists)
+        return ((raw - self.mean.double().cpu()) / self.std.double().cpu()).float()
 
     # ---- saving ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
+        constants = [float(self.item_slot), *(self.priors[k] for k in CONSTANTS[1:])]
         return {"profile/popularity": self.popularity.contiguous(),
                 "profile/scaling": torch.stack([self.mean, self.std]).contiguous(),
-                "profile/constants": torch.tensor([float(self.item_slot), self.global_rate], dtype=torch.float64)}
+                "profile/constants": torch.tensor(constants, dtype=torch.float64)}
 
     @classmethod
     def empty(cls, layout: FeatureLayout) -> UserProfile:
         """A profile of the layout's shape, to be filled by `load_state_dict`."""
-        return cls(cls.item_slot_of(layout), torch.zeros(layout.num_features), 0.5, torch.zeros(len(FEATURES)),
-                   torch.ones(len(FEATURES)))
+        return cls(cls.item_slot_of(layout), torch.zeros(layout.num_features), dict.fromkeys(CONSTANTS[1:], 0.0),
+                   torch.zeros(len(FEATURES)), torch.ones(len(FEATURES)))
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], where: str) -> None:
         shapes = {"profile/popularity": tuple(self.popularity.shape), "profile/scaling": (2, len(FEATURES)),
-                  "profile/constants": (2,)}
+                  "profile/constants": (len(CONSTANTS),)}
         for key, shape in shapes.items():
             if key not in tensors:
                 raise InputError(f"{where}: tensor '{key}' missing")
             if tuple(tensors[key].shape) != shape:
-                raise InputError(f"{where}: tensor '{key}' has shape {tuple(tensors[key].shape)}, expected {shape}")
+                raise InputError(f"{where}: tensor '{key}' has shape {tuple(tensors[key].shape)}, expected {shape} "
+                                 f"(a profile of {len(FEATURES)} features: {', '.join(FEATURES)})")
         self.popularity = tensors["profile/popularity"].float().clone()
         self.mean, self.std = tensors["profile/scaling"].float().clone()
-        self.global_rate = float(tensors["profile/constants"][1])
+        constants = tensors["profile/constants"].tolist()
+        self.priors = dict(zip(CONSTANTS[1:], constants[1:], strict=True))
 
     def to(self, device: torch.device) -> UserProfile:
         self.popularity, self.mean, self.std = (t.to(device) for t in (self.popularity, self.mean, self.std))
         return self
+
+
+def _ratings(data: TensorData, rows: torch.Tensor) -> torch.Tensor:
+    """The rows' raw ratings (float64, NaN where an event has none or the data has no ratings)."""
+    if data.ratings is None:
+        return torch.full((len(rows),), float("nan"), dtype=torch.float64)
+    return data.ratings[rows].double()
+
+
+def _gaps(data: TensorData, rows: torch.Tensor) -> torch.Tensor:
+    """Days between the user's consecutive rows (in time order); none without timestamps."""
+    if data.timestamps is None or len(rows) < 2:
+        return torch.empty(0, dtype=torch.float64)
+    times = torch.sort(data.timestamps[rows].double()).values
+    return (times[1:] - times[:-1]) / DAY

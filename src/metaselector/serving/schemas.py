@@ -91,13 +91,14 @@ def first_error(errors: list[dict]) -> tuple[int, str]:
 def labelled(events: list[BaseModel | dict], label_threshold: float | None) -> list[dict]:
     """Events (request models, or stored dicts) as dicts with one `label` each, from `rating` by
     the model's rule where no label is given, and no user: every request's frame then has the
-    same columns, so a batch never mixes a label column with a rating column."""
+    same columns, so a batch never mixes a label column with a rating column. The rating stays
+    (None where an event has none) for the user's profile, which reads raw ratings."""
     out = []
     for event in events:
         row = dict(event) if isinstance(event, dict) else event.model_dump(exclude_none=True)
         row.pop("user", None)
-        if "label" not in row and "rating" in row and label_threshold is not None:
+        if "label" not in row and row.get("rating") is not None and label_threshold is not None:
             row["label"] = int(row["rating"] >= label_threshold)
-        row.pop("rating", None)
+        row["rating"] = row.get("rating") if label_threshold is not None else None
         out.append(row)
     return out

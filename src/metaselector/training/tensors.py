@@ -17,11 +17,17 @@ class TensorData:
     weights: torch.Tensor  # float32 [N, S]
     labels: torch.Tensor  # float32 [N]
     users: torch.Tensor  # int64 [N]
+    # Raw per-event values read only by the user profile (selection/user_profile.py), never by a
+    # model: Unix seconds, and the rating (NaN where an event has only a 0/1 label).
+    timestamps: torch.Tensor | None = None  # int64 [N]
+    ratings: torch.Tensor | None = None  # float32 [N]
 
     @classmethod
     def from_encoded(cls, data: EncodedDataset) -> TensorData:
         return cls(torch.from_numpy(data.ids), torch.from_numpy(data.weights),
-                   torch.from_numpy(data.labels), torch.from_numpy(data.users))
+                   torch.from_numpy(data.labels), torch.from_numpy(data.users),
+                   torch.from_numpy(data.timestamps),
+                   None if data.ratings is None else torch.from_numpy(data.ratings))
 
     def batch(self, rows: torch.Tensor | np.ndarray, device: torch.device | str = "cpu") -> tuple[Batch, torch.Tensor]:
         rows = torch.as_tensor(rows)

@@ -1,11 +1,11 @@
 """Feature-weighted stacking (Sill et al. 2009): blend weights as a function of user
 meta-features, the classic per-user blending baseline.
 
-w(u) = softmax(A f(u)), with f(u) = [1, log(1 + training events), positive rate shrunk toward
-the global one, the standardised mean log-popularity of the items of the user's training events
-(the user profile's, selection/user_profile.py)]. A is fitted on out-of-fold predictions: the
-support models on the query rows of the meta-training users (rows those models never trained
-on), with an L2 penalty on the user-dependent columns (the shrinkage), chosen among a few
+w(u) = softmax(A f(u)), with f(u) = [1, the user's standardised profile from their training
+events (selection/user_profile.py): log event count, shrunk positive rate, mean item
+popularity, shrunk rating mean and spread, log mean days between events]. A is fitted on
+out-of-fold predictions: the support models on the query rows of the meta-training users (rows
+those models never trained on), with an L2 penalty on the user-dependent columns (the shrinkage), chosen among a few
 strengths on the held-out training users' query rows. At test time each user's features come
 from their training rows and the weights mix the single models.
 """
@@ -19,19 +19,12 @@ from ..context import TrainingContext
 from .base import Method, rows_of, split_by_task
 
 PENALTIES = (1e-3, 1e-2, 1e-1, 1.0)
-SHRINK = 5.0  # pseudo-events pulling a user's positive rate toward the global rate
 
 
-def user_features(labels: np.ndarray, tasks, global_rate: float, scale: float, row_popularity: np.ndarray,
-                  popularity_scaling: tuple[float, float]) -> torch.Tensor:
-    counts = np.array([len(t.support) for t in tasks], dtype=np.float64)
-    positives = np.array([labels[t.support].sum() for t in tasks], dtype=np.float64)
-    rate = (positives + SHRINK * global_rate) / (counts + SHRINK)
-    popularity = np.array([row_popularity[t.support].mean() if len(t.support) else popularity_scaling[0]
-                           for t in tasks])
-    popularity = (popularity - popularity_scaling[0]) / popularity_scaling[1]
-    return torch.tensor(np.stack([np.ones_like(counts), np.log1p(counts) / scale, rate - global_rate, popularity],
-                                 axis=1))
+def user_features(context: TrainingContext, tasks) -> torch.Tensor:
+    """[1, the user's standardised profile] per task, from their support rows."""
+    profile = context.user_profile.features(context.tensors, [t.support for t in tasks]).double()
+    return torch.cat([torch.ones(len(tasks), 1, dtype=torch.float64), profile], dim=1)
 
 
 def _fit(features: torch.Tensor, p: torch.Tensor, y: torch.Tensor, start: torch.Tensor, penalty: float):
@@ -59,24 +52,15 @@ def _loss(weights, features, p, y) -> float:
 class FeatureWeightedStacking(Method):
     name = "Feature-weighted Stacking"
 
-    def _features(self, context: TrainingContext, tasks) -> torch.Tensor:
-        profile = context.user_profile
-        row_popularity = profile.popularity[context.tensors.ids[:, profile.item_slot].long()].double().numpy()
-        return user_features(context.data.labels, tasks, self.global_rate, self.scale, row_popularity,
-                             (float(profile.mean[2]), float(profile.std[2])))
-
     def _rows(self, context: TrainingContext, tasks):
         """Per query row: its user's features, the support models' predictions, the label."""
-        features = self._features(context, tasks)
+        features = user_features(context, tasks)
         owner = np.repeat(np.arange(len(tasks)), [len(t.query) for t in tasks])
         rows = rows_of(tasks)
         return features[owner], context.support_probabilities[rows].double(), \
             torch.as_tensor(context.data.labels[rows], dtype=torch.float64)
 
     def fit(self, context: TrainingContext) -> dict:
-        train = context.data.labels[np.concatenate([t.support for t in context.train_tasks])]
-        self.global_rate = float(train.mean())
-        self.scale = float(np.log1p(np.median([len(t.support) for t in context.train_tasks])))
         start = context.blend_logits.double()
         fit_rows = self._rows(context, context.train_tasks)
         check_rows = self._rows(context, context.valid_tasks) if context.valid_tasks else fit_rows
@@ -87,7 +71,7 @@ class FeatureWeightedStacking(Method):
         return {"penalty": self.penalty, "validation_logloss_by_penalty": losses}
 
     def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
-        features = self._features(context, tasks)
+        features = user_features(context, tasks)
         owner = np.repeat(np.arange(len(tasks)), [len(t.query) for t in tasks])
         blend = torch.softmax(features[owner] @ self.weights.T, dim=1)
         p = (blend * context.single_probabilities[rows_of(tasks)].double()).sum(dim=1).numpy()
