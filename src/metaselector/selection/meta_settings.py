@@ -46,7 +46,8 @@ class MetaSettings:
     selector_start: str = setting("global-mixture", Options(("uniform", "global-mixture")))
     selector_uses_predictions: bool = setting(True)  # chosen by held-out users' query LogLoss
     # The selector also sees the user's profile from their support rows (selection/user_profile.py:
-    # event count, positive rate, mean item popularity). Off by default: see docs/findings.md.
+    # event count, positive rate, mean item popularity, rating mean and spread, mean gap between
+    # events). Off by default: see docs/findings.md.
     selector_user_profile: bool = setting(False)
     # After meta-training, the selector's Meta-SGD rates are multiplied by each of these factors
     # in turn and the factor whose test-time setup has the lowest LogLoss on the held-out rows
