@@ -10,8 +10,9 @@ what it sets: "paper" is the paper row's settings (Algorithm 1 with section 5.3'
 `experiment/paper.py`), "validated" the [meta] table as configured (the project's defaults), and
 each --variant is a JSON of [meta] settings laid over the paper's (or, with --variant-base
 validated, over the configured ones), named "paper + key=value, ...".
-The per-user adaptation learners and their global blend ("adaptation + blend") are scored on the same rows, so the
-strongest simple alternative is judged by the same yardstick. Test metrics are printed beside,
+The per-user adaptation learners mixed by the global blend ("adaptation + blend") and by
+feature-weighted stacking ("adaptation + stacking") are scored on the same rows, so the
+strongest simple alternatives are judged by the same yardstick. Test metrics are printed beside,
 for the report only: choose by the `validation` column.
 
     python benchmarks/meta_variants.py --seeds 0 1 2 --models LR,FM,FFM,DeepFM,MF,DIN \\
@@ -34,7 +35,7 @@ from metaselector.data.splits import split_users
 from metaselector.evaluation.metrics import logloss, summary
 from metaselector.experiment.context import Timer, prepare_training
 from metaselector.experiment.meta_training import meta_train
-from metaselector.experiment.methods.metaselector import AdaptationThenBlend
+from metaselector.experiment.methods.metaselector import AdaptationThenBlend, AdaptationThenStacking
 from metaselector.experiment.paper import paper_meta, resolved_meta
 from metaselector.selection.tasks import tasks_for
 from metaselector.settings import build
@@ -50,10 +51,10 @@ def scored(context, predictions, tasks) -> dict:
     return summary(context.data.users[rows], context.data.labels[rows], p)
 
 
-def adaptation_blend(context, test_tasks) -> dict:
-    """Every base model meta-trained alone, adapted per user, mixed by the global blend (the
-    Table 3 row): its LogLoss on the same held-out rows the variants stop on, and its test metrics."""
-    method = AdaptationThenBlend()
+def adaptation_blend(context, test_tasks, method) -> dict:
+    """Every base model meta-trained alone, adapted per user, mixed by the global blend or by
+    feature-weighted stacking (the Table 3 rows): its LogLoss on the same held-out rows the
+    variants stop on, and its test metrics."""
     method.fit(context)
     check = context.check_tasks
     validation = np.concatenate(method.predict(context, check))
@@ -86,7 +87,8 @@ def main() -> None:
     parser.add_argument("--no-defaults", action="store_true", help="skip the paper and validated variants")
     parser.add_argument("--preset", default=None, help="a named preset over the dataset's (e.g. extended)")
     parser.add_argument("--base-meta", default="{}", help="JSON of [meta] settings for every learner")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the adaptation + blend learners")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the adaptation + blend and adaptation + stacking rows")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--state", type=Path, default=Path("/tmp/metaselector-variants"))
     parser.add_argument("--json", type=Path, help="append one JSON line per result")
@@ -117,9 +119,11 @@ def main() -> None:
         for name, m in singles.items():
             report({"seed": seed, "method": f"single {name}", **m})
         if not args.no_baseline:
-            start = time.perf_counter()
-            report({"seed": seed, "method": "adaptation + blend", **adaptation_blend(context, test_tasks),
-                    "seconds": time.perf_counter() - start})
+            for label, method in (("adaptation + blend", AdaptationThenBlend()),
+                                  ("adaptation + stacking", AdaptationThenStacking())):
+                start = time.perf_counter()
+                report({"seed": seed, "method": label, **adaptation_blend(context, test_tasks, method),
+                        "seconds": time.perf_counter() - start})
         for name, meta in variants:
             start = time.perf_counter()
             learner, notes = meta_train(context, f"MetaSelector {name}", meta, list(config.models))

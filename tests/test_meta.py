@@ -144,7 +144,8 @@ def test_reproduce_is_deterministic_and_complete(ml1m_fixture, tmp_path):
                 "Split-half User-level Selector", "Sample-level Selector", "Global Blend",
                 "Feature-weighted Stacking", "MetaSelector (paper)", "MetaSelector (validated)",
                 "MetaSelector-Simplified", "LR + per-user adaptation",
-                "DeepFM + per-user adaptation", "Per-user adaptation + Global Blend"}
+                "DeepFM + per-user adaptation", "Per-user adaptation + Global Blend",
+                "Per-user adaptation + Feature-weighted Stacking"}
     assert expected <= set(a["rows"])
     metrics = {"auc", "logloss", "relimpr", "gauc", "auc_std", "logloss_std"}
     for name, row in a["rows"].items():

@@ -8,12 +8,12 @@ import torch
 
 import metaselector as ms
 from metaselector.config import RunConfig
-from metaselector.experiment.paper import paper_meta
+from metaselector.experiment.paper import paper_meta, start_description
 from metaselector.models import ModelSettings, build_model
 from metaselector.selection.ensemble import Ensemble
 from metaselector.selection.meta_settings import MetaSettings
 from metaselector.selection.metasgd import MetaSGDEnsemble
-from metaselector.selection.selector import Selector
+from metaselector.selection.selector import Selector, start_from_mixture
 from metaselector.selection.user_profile import FEATURES, UserProfile
 from metaselector.training.tensors import TensorData
 
@@ -134,3 +134,29 @@ def test_saved_model_with_profile_scores_as_trained(tmp_path, events):
     assert labelled([{"item": "1", "timestamp": 5, "rating": 2.0}], 4.0) == \
         [{"item": "1", "timestamp": 5, "rating": 2.0, "label": 0}]
     assert labelled([{"item": "1", "timestamp": 5, "label": 1}], 4.0)[0]["rating"] is None
+
+
+def test_a_profile_stacking_start_is_the_stacking_blend_of_the_users_profile(ml1m_fixture, make_episode):
+    """selector_start = "profile-stacking": before meta-training the selector's weights are
+    softmax(b + W profile) for every row of a user, the feature-weighted stacking blend."""
+    tensors, tasks = make_episode(n_users=4)
+    torch.manual_seed(0)
+    selector = Selector(ml1m_fixture.layout, ModelSettings(4, [8]), 2, uses_predictions=True,
+                        profile_features=len(FEATURES)).double()
+    b, w = torch.tensor([0.3, -0.2]), torch.randn(2, len(FEATURES))
+    start_from_mixture(selector, b, w)
+    profile = UserProfile.fit(ml1m_fixture.layout, tensors, [t.support for t in tasks])
+    profiles = profile.features(tensors, [t.support for t in tasks]).double()
+    for task, f in zip(tasks, profiles, strict=True):
+        batch = tensors.batch(task.query)[0]
+        weights = selector(batch, torch.rand(len(task.query), 2, dtype=torch.float64), f)
+        expected = torch.softmax(b.double() + w.double() @ f, 0).expand(len(task.query), -1)
+        torch.testing.assert_close(weights, expected)
+    assert not torch.allclose(torch.softmax(w.double() @ profiles[0], 0), torch.softmax(w.double() @ profiles[1], 0))
+
+
+def test_the_stacking_start_reads_the_profile_and_the_paper_row_never_does():
+    meta = RunConfig.from_dict({"meta": {"selector_start": "profile-stacking"}}, where="test").meta
+    assert meta.reads_profile and not meta.selector_user_profile
+    assert not paper_meta(meta).reads_profile
+    assert "Per-user adaptation + Feature-weighted Stacking" in start_description(meta, with_selector=True)

@@ -32,13 +32,16 @@ What each method trains on (all are judged on the same test rows):
                            continued on all training rows), carrying over the change
                            meta-training made to theta; each test user adapts on all their
                            training rows
-  Feature-weighted Stacking  blend weights from user meta-features (training events, positive
-                           rate), fitted like the Global Blend on the meta-training users' query
+  Feature-weighted Stacking  blend weights from the user's profile (selection/user_profile.py:
+                           events, positive rate, item popularity, rating mean and spread,
+                           days between events), fitted like the Global Blend on the meta-training users' query
                            rows (support models), its L2 strength chosen on held-out users' query
                            rows; applied to the single models
   Per-user adaptation + Global Blend
                            each "<model> + per-user adaptation" learner, mixed by the Global
                            Blend's weights
+  Per-user adaptation + Feature-weighted Stacking
+                           the same learners mixed by Feature-weighted Stacking's weights
   oracles                  choose with the test labels: upper bounds over the single models,
                            not methods; the split-half user-level oracle chooses each user's
                            model on one half of their test rows and scores the other half

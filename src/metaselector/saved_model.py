@@ -176,7 +176,7 @@ def build_module(config: RunConfig, layout, classes: dict, device: str = "cpu") 
     """The inference module of a configuration: its base models (of `classes`, name -> class) and
     selector, freshly initialised; no optimizer."""
     models = {name: build_model(name, layout, model_settings(config, name), classes[name]) for name in config.models}
-    reads_profile = config.meta.selector_user_profile
+    reads_profile = config.meta.reads_profile
     selector = Selector(layout, ModelSettings(config.embedding_dim, list(config.meta.selector_hidden)),
                         len(models), uses_predictions=config.meta.selector_uses_predictions,
                         profile_features=len(PROFILE_FEATURES) if reads_profile else 0)

@@ -136,6 +136,16 @@ class TrainingContext:
         return global_mixture_logits(self.support_probabilities[rows], self.tensors.labels[rows])
 
     @cached_property
+    def profile_blend(self) -> torch.Tensor:
+        """Feature-weighted stacking's weights [K, 1 + profile features] (the blend's logits as a
+        linear function of the user's profile), fitted on the meta-training users' query rows:
+        the Feature-weighted Stacking row and the selector's "profile-stacking" start."""
+        from .methods.stacking import fit_profile_blend
+
+        weights, self.notes["profile_blend"] = fit_profile_blend(self)
+        return weights
+
+    @cached_property
     def user_profile(self) -> UserProfile:
         """User profiles' constants (item popularity, scaling) from the meta-training users'
         support rows: the selector's user-level inputs and feature-weighted stacking's."""
@@ -147,9 +157,11 @@ class TrainingContext:
         torch.manual_seed(int_seed(self.seed, "selector-init"))
         selector = Selector(self.data.layout, ModelSettings(self.config.embedding_dim, list(meta.selector_hidden)),
                             len(self.config.models), uses_predictions=meta.selector_uses_predictions,
-                            profile_features=len(PROFILE_FEATURES) if meta.selector_user_profile else 0)
+                            profile_features=len(PROFILE_FEATURES) if meta.reads_profile else 0)
         if meta.selector_start == "global-mixture":
             start_from_mixture(selector, self.blend_logits)
+        elif meta.selector_start == "profile-stacking":
+            start_from_mixture(selector, self.profile_blend[:, 0].float(), self.profile_blend[:, 1:].float())
         return selector
 
 

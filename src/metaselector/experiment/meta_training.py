@@ -73,7 +73,7 @@ def meta_train(context: TrainingContext, name: str, settings: MetaSettings, mode
     ready to adapt and predict, and its training notes."""
     models = {m: start_models(context, settings)[m] for m in model_names}
     selector = context.new_selector(settings) if with_selector else None
-    profile = context.user_profile if with_selector and settings.selector_user_profile else None
+    profile = context.user_profile if with_selector and settings.reads_profile else None
     module = MetaSGDEnsemble(Ensemble(copy.deepcopy(models), selector), settings, context.device, profile)
     if context.parent is not None:  # continuing a saved model: its selector and Meta-SGD rates
         context.parent.start_module(module)

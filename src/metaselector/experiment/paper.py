@@ -188,8 +188,10 @@ def start_description(meta: MetaSettings, with_selector: bool) -> str:
         return "the pretrained model, adapted per user by one Meta-SGD step at the initial rate"
     models = ("each base model's own per-user-adaptation learner" if meta.model_start == "adapted"
               else "the pretrained base models")
-    blend = "the global blend's weights" if meta.selector_start == "global-mixture" else "equal weights"
-    if meta.model_start == "adapted" and meta.selector_start == "global-mixture":
-        return (f"Per-user adaptation + Global Blend ({models} mixed by {blend}), up to the selector's own "
-                "inner step")
+    blend = {"global-mixture": "the global blend's weights",
+             "profile-stacking": "feature-weighted stacking's weights (from the user's profile)"}.get(
+        meta.selector_start, "equal weights")
+    if meta.model_start == "adapted" and meta.selector_start in ("global-mixture", "profile-stacking"):
+        row = "Global Blend" if meta.selector_start == "global-mixture" else "Feature-weighted Stacking"
+        return f"Per-user adaptation + {row} ({models} mixed by {blend}), up to the selector's own inner step"
     return f"{models} mixed by {blend}, each user adapting theta and phi by the inner step at the initial rates"

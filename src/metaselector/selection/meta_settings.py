@@ -40,10 +40,12 @@ class MetaSettings:
     check_users: int = setting(2000, AT_LEAST_ONE)  # users sampled for "held-out-rows"
     selector_hidden: list[int] = setting([200, 200, 200], AT_LEAST_ONE, non_empty=True)
     # "global-mixture": the selector starts from the best single blend of the base models on the
-    # meta-training query rows (the Global Blend row); "uniform": from equal weights. With early
-    # stopping on the test-time setup, meta-training is kept only where it beats its start, so
-    # the start should be the best fixed blend.
-    selector_start: str = setting("global-mixture", Options(("uniform", "global-mixture")))
+    # meta-training query rows (the Global Blend row); "uniform": from equal weights;
+    # "profile-stacking": from feature-weighted stacking's blend, weights a linear function of
+    # the user's profile fitted on the same rows (the Feature-weighted Stacking row; the selector
+    # then reads the profile). With early stopping on the test-time setup, meta-training is kept
+    # only where it beats its start, so the start should be the best blend there is.
+    selector_start: str = setting("global-mixture", Options(("uniform", "global-mixture", "profile-stacking")))
     selector_uses_predictions: bool = setting(True)  # chosen by held-out users' query LogLoss
     # The selector also sees the user's profile from their support rows (selection/user_profile.py:
     # event count, positive rate, mean item popularity, rating mean and spread, mean gap between
@@ -73,6 +75,11 @@ class MetaSettings:
     # With pretrain_on = "support": at test time every selector is applied to the single models
     # (support models continued on all training rows), carrying over meta-training's theta change.
     refit_base_models: bool = setting(True)
+
+    @property
+    def reads_profile(self) -> bool:
+        """The selector reads the user's profile (as an input, or through its stacking start)."""
+        return self.selector_user_profile or self.selector_start == "profile-stacking"
 
 
 @dataclass

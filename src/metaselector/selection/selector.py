@@ -24,9 +24,14 @@ class Selector(BaseModel):
         self.embedding = self.table(layout.num_features, (k,))
         inputs = layout.num_fields * k + (num_models if uses_predictions else 0) + profile_features
         self.deep = mlp(inputs, settings.hidden, 0.0, num_models)
+        # The profile also enters the scores linearly, so that a blend whose weights are a linear
+        # function of it (feature-weighted stacking) is a selector too: a start (selector_start).
+        self.profile_head = nn.Linear(profile_features, num_models, bias=False) if profile_features else None
         # Start from the uniform mixture: the average of the base models.
         nn.init.zeros_(self.deep[-1].weight)
         nn.init.zeros_(self.deep[-1].bias)
+        if self.profile_head is not None:
+            nn.init.zeros_(self.profile_head.weight)
 
     def scores(self, batch: Batch, predictions: torch.Tensor | None = None,
                profile: torch.Tensor | None = None) -> torch.Tensor:
@@ -35,11 +40,13 @@ class Selector(BaseModel):
         features = pool_fields(embedded, self.field_of_slot, self.layout.num_fields).flatten(1)
         if self.uses_predictions:
             features = torch.cat([features, predictions], dim=1)
-        if self.profile_features:
-            if profile is None:
-                raise ValueError("this selector reads the user's profile: pass profile=")
-            features = torch.cat([features, profile.to(features.dtype).expand(features.shape[0], -1)], dim=1)
-        return self.deep(features)
+        if not self.profile_features:
+            return self.deep(features)
+        if profile is None:
+            raise ValueError("this selector reads the user's profile: pass profile=")
+        profile = profile.to(features.dtype)
+        features = torch.cat([features, profile.expand(features.shape[0], -1)], dim=1)
+        return self.deep(features) + self.profile_head(profile)
 
     def forward(self, batch: Batch, predictions: torch.Tensor | None = None,
                 profile: torch.Tensor | None = None) -> torch.Tensor:
@@ -69,6 +76,10 @@ def global_mixture_logits(probabilities: torch.Tensor, labels: torch.Tensor, ste
     return logits.detach().float()
 
 
-def start_from_mixture(selector: Selector, logits: torch.Tensor) -> None:
+def start_from_mixture(selector: Selector, logits: torch.Tensor, profile_weights: torch.Tensor | None = None) -> None:
+    """Start the selector at one blend (`logits` [K]), or at a blend whose logits are `logits` +
+    `profile_weights` [K, F] times the user's profile."""
     with torch.no_grad():
         selector.deep[-1].bias.copy_(logits)
+        if profile_weights is not None:
+            selector.profile_head.weight.copy_(profile_weights)

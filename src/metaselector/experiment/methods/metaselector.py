@@ -85,5 +85,28 @@ class AdaptationThenBlend(Method):
         return split_by_task(p, tasks)
 
 
+class AdaptationThenStacking(Method):
+    """Every base model adapted per user, then mixed by feature-weighted stacking's weights (a
+    linear function of the user's profile): the validated selector's "profile-stacking" start."""
+
+    name = "Per-user adaptation + Feature-weighted Stacking"
+
+    def fit(self, context: TrainingContext) -> dict:
+        for model in context.config.models:
+            per_model_learner(context, model)
+        self.weights = context.profile_blend
+        return {}
+
+    def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
+        from .stacking import user_features
+
+        queries = [t.query for t in tasks]
+        per_model = np.stack([np.concatenate(per_model_learner(context, m)[0].predict(context.tensors, tasks, queries))
+                              for m in context.config.models], axis=1)
+        owner = np.repeat(np.arange(len(tasks)), [len(q) for q in queries])
+        blend = torch.softmax(user_features(context, tasks)[owner] @ self.weights.T, dim=1).numpy()
+        return split_by_task((blend * per_model).sum(axis=1), tasks)
+
+
 def adaptation_then_blend(config) -> list:
-    return [AdaptationThenBlend()] if config.ablations else []
+    return [AdaptationThenBlend(), AdaptationThenStacking()] if config.ablations else []

@@ -49,26 +49,33 @@ def _loss(weights, features, p, y) -> float:
     return float(torch.nn.functional.binary_cross_entropy(mixed, y))
 
 
+def _rows(context: TrainingContext, tasks):
+    """Per query row: its user's features, the support models' predictions, the label."""
+    features = user_features(context, tasks)
+    owner = np.repeat(np.arange(len(tasks)), [len(t.query) for t in tasks])
+    rows = rows_of(tasks)
+    return features[owner], context.support_probabilities[rows].double(), \
+        torch.as_tensor(context.data.labels[rows], dtype=torch.float64)
+
+
+def fit_profile_blend(context: TrainingContext) -> tuple[torch.Tensor, dict]:
+    """The weights A [K, 1 + F] fitted on the meta-training users' query rows from the global
+    blend's start, the penalty chosen on the held-out training users' query rows; and notes."""
+    start = context.blend_logits.double()
+    fit_rows = _rows(context, context.train_tasks)
+    check_rows = _rows(context, context.valid_tasks) if context.valid_tasks else fit_rows
+    fitted = {penalty: _fit(*fit_rows, start, penalty) for penalty in PENALTIES}
+    losses = {penalty: _loss(w, *check_rows) for penalty, w in fitted.items()}
+    penalty = min(losses, key=losses.get)
+    return fitted[penalty], {"penalty": penalty, "validation_logloss_by_penalty": losses}
+
+
 class FeatureWeightedStacking(Method):
     name = "Feature-weighted Stacking"
 
-    def _rows(self, context: TrainingContext, tasks):
-        """Per query row: its user's features, the support models' predictions, the label."""
-        features = user_features(context, tasks)
-        owner = np.repeat(np.arange(len(tasks)), [len(t.query) for t in tasks])
-        rows = rows_of(tasks)
-        return features[owner], context.support_probabilities[rows].double(), \
-            torch.as_tensor(context.data.labels[rows], dtype=torch.float64)
-
     def fit(self, context: TrainingContext) -> dict:
-        start = context.blend_logits.double()
-        fit_rows = self._rows(context, context.train_tasks)
-        check_rows = self._rows(context, context.valid_tasks) if context.valid_tasks else fit_rows
-        fitted = {penalty: _fit(*fit_rows, start, penalty) for penalty in PENALTIES}
-        losses = {penalty: _loss(w, *check_rows) for penalty, w in fitted.items()}
-        self.penalty = min(losses, key=losses.get)
-        self.weights = fitted[self.penalty]
-        return {"penalty": self.penalty, "validation_logloss_by_penalty": losses}
+        self.weights = context.profile_blend
+        return context.notes["profile_blend"]
 
     def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
         features = user_features(context, tasks)
