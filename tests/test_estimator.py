@@ -22,10 +22,13 @@ TINY = {"embedding_dim": 4, "deepfm_hidden": [8], "pretrain": {"epochs": 1, "bat
         "meta": {"epochs": 1, "selector_hidden": [8]}}
 
 
-def raw_events(data) -> pd.DataFrame:
+def raw_events(data, ratings: bool = False) -> pd.DataFrame:
+    """The dataset's events as raw records, with 0/1 labels (and, `ratings`, the raw ratings)."""
     vocab = data.encoder.vocabularies
-    return pd.DataFrame({"user": np.asarray(vocab["@user"])[data.users], "item": np.asarray(vocab["@item"])[data.items],
-                         "label": data.labels, "timestamp": data.timestamps})
+    frame = pd.DataFrame({"user": np.asarray(vocab["@user"])[data.users],
+                          "item": np.asarray(vocab["@item"])[data.items],
+                          "label": data.labels, "timestamp": data.timestamps})
+    return frame.assign(rating=data.ratings) if ratings else frame
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +84,9 @@ def test_score_equals_reproduce_meta_testing(ml1m_fixture):
     tasks = tasks_for(data.users, split.train, split.test)
     offline = method.predict(context, tasks)
     estimator = ms.MetaSelector(config=config, seed=0)._fit_context(context)
-    events = raw_events(data)
-    requests = [(events.iloc[t.support], events.iloc[t.query].drop(columns="label")) for t in tasks]
+    # with their ratings, which the selector's profile reads, as the offline rows carry them
+    events = raw_events(data, ratings=True)
+    requests = [(events.iloc[t.support], events.iloc[t.query].drop(columns=["label", "rating"])) for t in tasks]
     online = estimator.score_users(requests)
     for a, b in zip(offline, online, strict=True):
         np.testing.assert_allclose(b.probabilities, a, atol=1e-6, rtol=0)

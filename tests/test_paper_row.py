@@ -60,14 +60,14 @@ def test_selector_kind_reads_what_the_weights_do():
 def test_a_kept_start_says_where_the_selector_rate_factor_selects_per_user():
     """Best epoch 0 with [meta] selector_rate_scales: the report says on which seeds a factor above
     1 made the selector's own per-user step the row's difference from its start, and on which the
-    learned rates (one blend for everyone) were kept."""
+    learned rates (the start's weights) were kept."""
     info = {"variant": "extension", "best_epoch": [0, 0, 2], "start": "Per-user adaptation + Global Blend",
             "selector_rate_factor": [20000.0, 1.0, 5000.0]}
     text = "\n".join(discarded_section(Fidelity([], {}, [], {"MetaSelector (validated)": info}), [0, 1, 2]))
     line = next(x for x in text.splitlines() if x.startswith("- **MetaSelector (validated)**"))
     assert "best epoch 0 on seeds 0, 1;" in line
     assert "On seed 0 (x20000) the selector's rates were scaled" in line
-    assert "On seed 1 the learned rates were kept (factor 1): one blend for every user." in line
+    assert "On seed 1 the learned rates were kept (factor 1): the row's weights are its start's" in line
     assert "x5000" not in line  # seed 2 kept a meta-trained epoch: not a kept start
     plain = dict(info, selector_rate_factor=None)
     text = "\n".join(discarded_section(Fidelity([], {}, [], {"MetaSelector (validated)": plain}), [0, 1, 2]))

@@ -83,7 +83,7 @@ def _seeds(seeds: list[str]) -> str:
 def _rate_note(info: dict, seeds: list[int], epochs: list) -> str:
     """For a kept start whose selector rates were scaled ([meta] selector_rate_scales): on which
     seeds the selector's own per-user step, at its rates times the chosen factor, is what sets the
-    row apart from its start's blend, and on which it is one blend for everyone."""
+    row apart from its start's blend, and on which the row's weights are its start's."""
     factors = info.get("selector_rate_factor")
     if not factors:
         return ""
@@ -96,7 +96,8 @@ def _rate_note(info: dict, seeds: list[int], epochs: list) -> str:
                      "rows, so its inner step on each user's rows moves the weights per user: that step is "
                      "what the row adds to its start.")
     if learned:
-        parts.append(f" On {_seeds(learned)} the learned rates were kept (factor 1): one blend for every user.")
+        parts.append(f" On {_seeds(learned)} the learned rates were kept (factor 1): the row's weights are its "
+                     "start's (one blend for everyone, or the stacking blend of each user's profile).")
     return "".join(parts)
 
 

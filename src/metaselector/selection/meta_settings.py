@@ -45,7 +45,8 @@ class MetaSettings:
     # the user's profile fitted on the same rows (the Feature-weighted Stacking row; the selector
     # then reads the profile). With early stopping on the test-time setup, meta-training is kept
     # only where it beats its start, so the start should be the best blend there is.
-    selector_start: str = setting("global-mixture", Options(("uniform", "global-mixture", "profile-stacking")))
+    # "profile-stacking" won on held-out rows over "global-mixture" (docs/findings.md).
+    selector_start: str = setting("profile-stacking", Options(("uniform", "global-mixture", "profile-stacking")))
     selector_uses_predictions: bool = setting(True)  # chosen by held-out users' query LogLoss
     # The selector also sees the user's profile from their support rows (selection/user_profile.py:
     # event count, positive rate, mean item popularity, rating mean and spread, mean gap between

@@ -72,7 +72,12 @@ class UserProfile:
                   "gap_days": float(torch.cat(gaps).mean()) if gaps else 0.0}
         raw = cls(slot, torch.log1p(counts).float(), priors, torch.zeros(len(FEATURES)), torch.ones(len(FEATURES)))
         profiles = raw.raw_features(data, support)
-        raw.mean, raw.std = profiles.mean(0), profiles.std(0).nan_to_num(1.0).clamp(min=1e-6)
+        # a feature the same for every user (no ratings in the data, one user) is centred only:
+        # dividing by a spread of about 0 would blow rounding noise up into large inputs
+        spread = profiles.std(0).nan_to_num(0.0)
+        # float32, as saved: a loaded model computes the same profiles to the bit
+        raw.mean = profiles.mean(0).float()
+        raw.std = torch.where(spread > 1e-6, spread, torch.ones_like(spread)).float()
         return raw
 
     def raw_features(self, data: TensorData, row_lists: Sequence[np.ndarray]) -> torch.Tensor:
