@@ -25,8 +25,9 @@ What each method trains on (all are judged on the same test rows):
                            the query losses the selector learns from are out-of-sample), each
                            descending its own LogLoss, starting from the "<model> + per-user
                            adaptation" learners (the same learners those rows report); the
-                           selector starts from the Global Blend and reads the models'
-                           predictions; same episodes and stopping rule as the paper row
+                           selector starts from Feature-weighted Stacking's weights (a
+                           linear function of the user's profile) and reads the models'
+                           predictions and the profile; same episodes and stopping rule as the paper row
   refit (validated rows)   at test time the validated rows and the sample-level selector are
                            applied to the single-model rows' models (the support models
                            continued on all training rows), carrying over the change
