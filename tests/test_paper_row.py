@@ -32,6 +32,9 @@ def test_paper_row_settings_are_section_5_3(dataset):
     found = deviations(config, {"paper row": paper_meta(config.meta), "validated row": config.meta})
     assert found and all(d.rows == "validated row" for d in found)
     assert {"meta.model_loss", "meta.model_start", "meta.selector_outer_lr"} <= {d.setting for d in found}
+    # the validated selector reads the user's profile through its stacking start: listed as such
+    profile = next(d for d in found if d.setting == "meta.selector_user_profile")
+    assert profile.value is True and profile.paper is False and "profile-stacking" in profile.source
 
 
 def test_a_changed_setting_is_listed_for_every_row_it_touches():

@@ -49,7 +49,8 @@ PAPER: dict[str, PaperValue] = {
     "meta.first_order": _same(False, "4.2: MAML through the inner step (second order)"),
     "meta.selector_hidden": _same([200, 200, 200], "5.3: a 200-200-200 MLP selector"),
     "meta.selector_uses_predictions": _same(False, "4.1: in practice an MLP on x only"),
-    "meta.selector_user_profile": _same(False, "4.1: the selector sees x only"),
+    "meta.selector_user_profile": _same(False, "4.1: the selector sees x only (here: whether it reads the user's "
+                                               "profile, by this setting or selector_start = profile-stacking)"),
     "meta.model_loss": _same("mixture", "Algorithm 1 lines 12, 18: the mixture's LogLoss for theta and phi"),
     "meta.model_start": _same("pretrained", "Algorithm 1 line 3: theta pretrained"),
     "meta.pretrain_on": _same("train", "Algorithm 1 line 3: pretrained on the union of the users' training sets"),
@@ -108,6 +109,8 @@ def _paper_value(path: str, dataset: str) -> object:
 
 
 def _value_of(config: RunConfig, path: str, meta: MetaSettings) -> object:
+    if path == "meta.selector_user_profile":  # a stacking start reads the profile too
+        return meta.reads_profile
     if path.startswith("meta."):
         return resolved_meta(meta)[path[5:]]
     node = config
