@@ -162,3 +162,19 @@ def test_the_stacking_start_reads_the_profile_and_the_paper_row_never_does():
     assert meta.reads_profile and not meta.selector_user_profile
     assert not paper_meta(meta).reads_profile
     assert "Per-user adaptation + Feature-weighted Stacking" in start_description(meta, with_selector=True)
+
+
+def test_a_rating_out_of_range_counts_as_unrated(ml1m_fixture, make_episode):
+    """A rating float32 cannot hold (a loader accepts any finite number) is no rating for the
+    profile, which stays finite."""
+    from metaselector.data.dataset import rating_array
+
+    ratings = rating_array([4.0, 1e300, "x", None, float("inf"), -2.5])
+    assert ratings.dtype == np.float32 and ratings[0] == 4.0 and ratings[5] == -2.5
+    assert np.isnan(ratings[1:5]).all()
+    tensors, tasks = make_episode(n_users=5)
+    profile = UserProfile.fit(ml1m_fixture.layout, tensors, [t.support for t in tasks])
+    odd = TensorData(tensors.ids, tensors.weights, tensors.labels, tensors.users, tensors.timestamps,
+                     tensors.ratings.clone())
+    odd.ratings[tasks[0].support[0]] = float("inf")
+    assert torch.isfinite(profile.features(odd, [tasks[0].support])).all()

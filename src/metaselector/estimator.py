@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from .config import RunConfig, preset
-from .data.dataset import EncodedDataset
+from .data.dataset import EncodedDataset, rating_array
 from .data.splits import require_usable, split_users
 from .errors import InputError, NotFittedError
 from .evaluation.diagnostics import selector_diagnostics
@@ -222,8 +222,7 @@ class MetaSelector:
         times = torch.as_tensor(pd.to_numeric(events["timestamp"]).to_numpy().astype(np.int64))
         if self.encoder_.label_rule.threshold is None or "rating" not in events.columns:
             return times, None
-        ratings = pd.to_numeric(events["rating"], errors="coerce").to_numpy(dtype=np.float32)
-        return times, torch.from_numpy(np.array(ratings))  # a writable copy
+        return times, torch.from_numpy(rating_array(events["rating"]))
 
     def predict_proba(self, candidates: Events, history: Events = None) -> np.ndarray:
         """One user's candidates: the probability of a positive label, after adapting to `history`."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from .encoder import FeatureEncoder, LabelRule
 from .features import FeatureLayout, FeatureSpec
@@ -83,4 +84,12 @@ def _ratings(frame, label_threshold: float | None) -> np.ndarray | None:
     """The events' ratings, where labels are read from them (a threshold is set)."""
     if label_threshold is None or "rating" not in frame.columns:
         return None
-    return frame["rating"].to_numpy(dtype=np.float32)
+    return rating_array(frame["rating"])
+
+
+def rating_array(values) -> np.ndarray:
+    """Ratings as float32, NaN where one is missing, not a number, or beyond float32's range (such
+    an event counts as unrated in the user profile rather than turning it infinite)."""
+    numbers = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    fits = np.isfinite(numbers) & (np.abs(numbers) <= np.finfo(np.float32).max)
+    return np.where(fits, numbers, np.nan).astype(np.float32)

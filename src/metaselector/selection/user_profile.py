@@ -64,7 +64,7 @@ class UserProfile:
         counts = torch.bincount(data.ids[rows, slot].long(), minlength=layout.num_features).double()
         counts[0] = 0  # the unknown item
         ratings = _ratings(data, rows)
-        ratings = ratings[~torch.isnan(ratings)]
+        ratings = ratings[torch.isfinite(ratings)]
         gaps = [g for g in (_gaps(data, torch.as_tensor(r)) for r in support) if len(g)]
         priors = {"positive_rate": float(data.labels[rows].double().mean()) if len(rows) else 0.5,
                   "rating_mean": float(ratings.mean()) if len(ratings) else 0.0,
@@ -90,7 +90,7 @@ class UserProfile:
             rate = (float(data.labels[rows].double().sum()) + SHRINK * p["positive_rate"]) / (n + SHRINK)
             popularity = float(self.popularity[data.ids[rows, self.item_slot].long()].double().mean()) if n else 0.0
             ratings = _ratings(data, rows)
-            ratings = ratings[~torch.isnan(ratings)]
+            ratings = ratings[torch.isfinite(ratings)]
             m = len(ratings)
             rating_mean = (float(ratings.sum()) + SHRINK * p["rating_mean"]) / (m + SHRINK)
             spread = float(((ratings - ratings.mean()) ** 2).sum()) if m else 0.0
