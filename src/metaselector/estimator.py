@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from .config import RunConfig, preset
-from .data.dataset import EncodedDataset, rating_array
+from .data.dataset import EncodedDataset
 from .data.splits import require_usable, split_users
 from .errors import InputError, NotFittedError
 from .evaluation.diagnostics import selector_diagnostics
@@ -32,6 +32,7 @@ from .experiment.meta_training import meta_train
 from .models import BaseModel
 from .random_streams import int_seed
 from .selection.tasks import UserTask
+from .selection.user_profile import profile_inputs
 from .settings import merge
 from .training.tensors import TensorData
 
@@ -197,12 +198,12 @@ class MetaSelector:
         start = time.perf_counter()
         encoded = self.encoder_.encode(events, groups=np.concatenate(groups))
         labels = encoded.labels
-        history_labels = labels[np.concatenate(support)] if offset else labels
-        if np.isnan(history_labels).any():
+        if np.isnan(labels[np.concatenate(support)] if offset else labels).any():
             raise InputError("history: every event needs a 'rating' (or a 0/1 'label')")
         tensors = TensorData(torch.from_numpy(encoded.ids), torch.from_numpy(encoded.weights),
                              torch.from_numpy(np.nan_to_num(labels)), torch.from_numpy(np.concatenate(groups)),
-                             *self._profile_inputs(events))
+                             *profile_inputs(events, self.module_.profile is not None,
+                                             self.encoder_.label_rule.threshold is not None))
         tasks = [UserTask(i, s, e) for i, (s, e) in enumerate(zip(support, evaluation, strict=True))]
         encoded_at = time.perf_counter()
         scored = self.module_.predict(tensors, tasks, evaluation, with_weights=True)
@@ -213,16 +214,6 @@ class MetaSelector:
         return [UserScores(p, w, count > 0, count, {"users": int(unknown_user[e].sum()),
                                                      "items": int(unknown_item[e].sum())})
                 for (p, w), count, e in zip(scored, counts, evaluation, strict=True)]
-
-    def _profile_inputs(self, events: pd.DataFrame) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The events' timestamps and ratings, for a selector that reads the user's profile (the
-        encoder has checked the timestamps); ratings only where labels are read from them."""
-        if self.module_.profile is None:
-            return None, None
-        times = torch.as_tensor(pd.to_numeric(events["timestamp"]).to_numpy().astype(np.int64))
-        if self.encoder_.label_rule.threshold is None or "rating" not in events.columns:
-            return times, None
-        return times, torch.from_numpy(rating_array(events["rating"]))
 
     def predict_proba(self, candidates: Events, history: Events = None) -> np.ndarray:
         """One user's candidates: the probability of a positive label, after adapting to `history`."""

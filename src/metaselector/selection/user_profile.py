@@ -28,8 +28,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
+from ..data.dataset import rating_array
 from ..data.features import FeatureLayout
 from ..errors import InputError
 from ..models.mf import ITEM_FIELDS, field_slot
@@ -135,6 +137,19 @@ class UserProfile:
     def to(self, device: torch.device) -> UserProfile:
         self.popularity, self.mean, self.std = (t.to(device) for t in (self.popularity, self.mean, self.std))
         return self
+
+
+def profile_inputs(events: pd.DataFrame, reads_profile: bool,
+                   rated: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Raw events' timestamps and ratings as TensorData carries them, for a selector that reads
+    the profile (the encoder has checked the timestamps); ratings only where labels are read
+    from them (`rated`) and the events have a rating column."""
+    if not reads_profile:
+        return None, None
+    times = torch.as_tensor(pd.to_numeric(events["timestamp"]).to_numpy().astype(np.int64))
+    if not rated or "rating" not in events.columns:
+        return times, None
+    return times, torch.from_numpy(rating_array(events["rating"]))
 
 
 def _ratings(data: TensorData, rows: torch.Tensor) -> torch.Tensor:
