@@ -11,6 +11,7 @@ from ..context import TrainingContext
 from ..meta_training import meta_train, per_model_learner
 from ..paper import paper_meta, start_description
 from .base import Method, split_by_task
+from .stacking import row_weights
 
 PAPER_ROW = "MetaSelector (paper)"
 VALIDATED_ROW = "MetaSelector (validated)"
@@ -78,11 +79,7 @@ class AdaptationThenBlend(Method):
         return {}
 
     def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
-        queries = [t.query for t in tasks]
-        per_model = [np.concatenate(per_model_learner(context, m)[0].predict(context.tensors, tasks, queries))
-                     for m in context.config.models]
-        p = np.stack(per_model, axis=1) @ self.weights
-        return split_by_task(p, tasks)
+        return split_by_task(adapted_probabilities(context, tasks) @ self.weights, tasks)
 
 
 class AdaptationThenStacking(Method):
@@ -98,14 +95,15 @@ class AdaptationThenStacking(Method):
         return {}
 
     def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
-        from .stacking import user_features
+        blend = row_weights(context, tasks, self.weights).numpy()
+        return split_by_task((blend * adapted_probabilities(context, tasks)).sum(axis=1), tasks)
 
-        queries = [t.query for t in tasks]
-        per_model = np.stack([np.concatenate(per_model_learner(context, m)[0].predict(context.tensors, tasks, queries))
-                              for m in context.config.models], axis=1)
-        owner = np.repeat(np.arange(len(tasks)), [len(q) for q in queries])
-        blend = torch.softmax(user_features(context, tasks)[owner] @ self.weights.T, dim=1).numpy()
-        return split_by_task((blend * per_model).sum(axis=1), tasks)
+
+def adapted_probabilities(context: TrainingContext, tasks) -> np.ndarray:
+    """Each base model's per-user-adaptation learner's probabilities [N, K] for the tasks' query rows."""
+    queries = [t.query for t in tasks]
+    return np.stack([np.concatenate(per_model_learner(context, m)[0].predict(context.tensors, tasks, queries))
+                     for m in context.config.models], axis=1)
 
 
 def adaptation_then_blend(config) -> list:

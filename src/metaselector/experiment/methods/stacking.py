@@ -78,11 +78,15 @@ class FeatureWeightedStacking(Method):
         return context.notes["profile_blend"]
 
     def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
-        features = user_features(context, tasks)
-        owner = np.repeat(np.arange(len(tasks)), [len(t.query) for t in tasks])
-        blend = torch.softmax(features[owner] @ self.weights.T, dim=1)
+        blend = row_weights(context, tasks, self.weights)
         p = (blend * context.single_probabilities[rows_of(tasks)].double()).sum(dim=1).numpy()
         return split_by_task(p, tasks)
+
+
+def row_weights(context: TrainingContext, tasks, weights: torch.Tensor) -> torch.Tensor:
+    """The blend weights [N, K] of every query row of `tasks`: softmax(A f(u)) of its user."""
+    owner = np.repeat(np.arange(len(tasks)), [len(t.query) for t in tasks])
+    return torch.softmax(user_features(context, tasks)[owner] @ weights.T, dim=1)
 
 
 def methods(config) -> list[Method]:
