@@ -178,3 +178,15 @@ def test_a_rating_out_of_range_counts_as_unrated(ml1m_fixture, make_episode):
                      tensors.ratings.clone())
     odd.ratings[tasks[0].support[0]] = float("inf")
     assert torch.isfinite(profile.features(odd, [tasks[0].support])).all()
+
+
+def test_profiles_of_many_users_at_once_equal_each_user_alone(ml1m_fixture, make_episode):
+    """Users are profiled together (sums over each user's rows): every user's profile is the one
+    they get alone, whatever their neighbours, including a user with one row and one with none."""
+    tensors, tasks = make_episode(n_users=12)
+    profile = UserProfile.fit(ml1m_fixture.layout, tensors, [t.support for t in tasks])
+    lists = [t.support for t in tasks] + [tasks[0].support[:1], tasks[1].support[:0]]
+    together = profile.raw_features(tensors, lists)
+    alone = torch.cat([profile.raw_features(tensors, [rows]) for rows in lists])
+    torch.testing.assert_close(together, alone, rtol=1e-12, atol=1e-12)
+    assert torch.isfinite(together).all()

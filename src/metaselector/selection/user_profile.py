@@ -67,11 +67,11 @@ class UserProfile:
         counts[0] = 0  # the unknown item
         ratings = _ratings(data, rows)
         ratings = ratings[torch.isfinite(ratings)]
-        gaps = [g for g in (_gaps(data, torch.as_tensor(r)) for r in support) if len(g)]
+        span, gaps = _Segments(support).spans(data)
         priors = {"positive_rate": float(data.labels[rows].double().mean()) if len(rows) else 0.5,
                   "rating_mean": float(ratings.mean()) if len(ratings) else 0.0,
                   "rating_variance": float(ratings.var()) if len(ratings) > 1 else 0.0,
-                  "gap_days": float(torch.cat(gaps).mean()) if gaps else 0.0}
+                  "gap_days": float(span.sum() / gaps.sum()) if gaps.sum() > 0 else 0.0}
         raw = cls(slot, torch.log1p(counts).float(), priors, torch.zeros(len(FEATURES)), torch.ones(len(FEATURES)))
         profiles = raw.raw_features(data, support)
         # a feature the same for every user (no ratings in the data, one user) is centred only:
@@ -83,24 +83,25 @@ class UserProfile:
         return raw
 
     def raw_features(self, data: TensorData, row_lists: Sequence[np.ndarray]) -> torch.Tensor:
-        """The unstandardised profiles [U, F] of users with the support rows `row_lists`."""
-        out = torch.empty(len(row_lists), len(FEATURES), dtype=torch.float64)
-        p = self.priors
-        for k, rows in enumerate(row_lists):
-            rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
-            n = float(len(rows))
-            rate = (float(data.labels[rows].double().sum()) + SHRINK * p["positive_rate"]) / (n + SHRINK)
-            popularity = float(self.popularity[data.ids[rows, self.item_slot].long()].double().mean()) if n else 0.0
-            ratings = _ratings(data, rows)
-            ratings = ratings[torch.isfinite(ratings)]
-            m = len(ratings)
-            rating_mean = (float(ratings.sum()) + SHRINK * p["rating_mean"]) / (m + SHRINK)
-            spread = float(((ratings - ratings.mean()) ** 2).sum()) if m else 0.0
-            rating_spread = ((spread + SHRINK * p["rating_variance"]) / (max(m - 1, 0) + SHRINK)) ** 0.5
-            gaps = _gaps(data, rows)
-            gap = (float(gaps.sum()) + SHRINK * p["gap_days"]) / (len(gaps) + SHRINK)
-            out[k] = torch.tensor([np.log1p(n), rate, popularity, rating_mean, rating_spread, np.log1p(gap)])
-        return out
+        """The unstandardised profiles [U, F] of users with the support rows `row_lists`: every
+        user at once, as sums over each user's rows (a scoring request's users in one pass)."""
+        users = _Segments(row_lists)
+        p, n = self.priors, users.sizes
+        rate = (users.sum(data.labels[users.rows].double()) + SHRINK * p["positive_rate"]) / (n + SHRINK)
+        item_popularity = self.popularity[data.ids[users.rows, self.item_slot].long()].double()
+        popularity = users.sum(item_popularity) / n.clamp(min=1)  # 0 for a user with no rows
+        ratings = _ratings(data, users.rows)
+        rated = torch.isfinite(ratings)
+        m = users.sum(rated.double())
+        total = users.sum(torch.where(rated, ratings, 0.0))
+        rating_mean = (total + SHRINK * p["rating_mean"]) / (m + SHRINK)
+        # squared deviations from the user's own mean (two passes: no cancellation of large sums)
+        own_mean = (total / m.clamp(min=1))[users.owner]
+        squares = users.sum(torch.where(rated, (ratings - own_mean) ** 2, 0.0))
+        rating_spread = ((squares + SHRINK * p["rating_variance"]) / ((m - 1).clamp(min=0) + SHRINK)).sqrt()
+        span, gaps = users.spans(data)
+        gap = (span + SHRINK * p["gap_days"]) / (gaps + SHRINK)
+        return torch.stack([torch.log1p(n), rate, popularity, rating_mean, rating_spread, torch.log1p(gap)], dim=1)
 
     def features(self, data: TensorData, row_lists: Sequence[np.ndarray]) -> torch.Tensor:
         """The standardised profiles [U, F] (float32) of users with the support rows `row_lists`."""
@@ -159,9 +160,27 @@ def _ratings(data: TensorData, rows: torch.Tensor) -> torch.Tensor:
     return data.ratings[rows].double()
 
 
-def _gaps(data: TensorData, rows: torch.Tensor) -> torch.Tensor:
-    """Days between the user's consecutive rows (in time order); none without timestamps."""
-    if data.timestamps is None or len(rows) < 2:
-        return torch.empty(0, dtype=torch.float64)
-    times = torch.sort(data.timestamps[rows].double()).values
-    return (times[1:] - times[:-1]) / DAY
+class _Segments:
+    """Users' support rows laid end to end: `rows`, the user of each (`owner`), each user's size."""
+
+    def __init__(self, row_lists: Sequence[np.ndarray]) -> None:
+        parts = [np.asarray(r, dtype=np.int64) for r in row_lists]
+        self.rows = torch.as_tensor(np.concatenate(parts) if parts else np.empty(0, np.int64))
+        counts = torch.as_tensor([len(r) for r in parts], dtype=torch.int64)
+        self.owner = torch.repeat_interleave(torch.arange(len(parts)), counts)
+        self.sizes = counts.double()
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Per user, the sum of `values` (one per row)."""
+        return torch.zeros(len(self.sizes), dtype=torch.float64).index_add_(0, self.owner, values)
+
+    def spans(self, data: TensorData) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per user, the days between their first and last row and the number of gaps between
+        consecutive rows (the gaps' sum is the span): 0 and 0 with one row or no timestamps."""
+        gaps = (self.sizes - 1).clamp(min=0)
+        if data.timestamps is None:
+            return torch.zeros_like(self.sizes), torch.zeros_like(gaps)
+        times = data.timestamps[self.rows].double()
+        first = torch.full_like(self.sizes, float("inf")).scatter_reduce(0, self.owner, times, "amin")
+        last = torch.full_like(self.sizes, float("-inf")).scatter_reduce(0, self.owner, times, "amax")
+        return torch.where(gaps > 0, (last - first) / DAY, 0.0), gaps
