@@ -45,3 +45,11 @@ def test_an_override_of_a_paper_model_is_a_deviation():
     found = {d.setting: d for d in deviations(config, {"paper": paper_meta(config.meta)})}
     assert found["model_settings.FM.embedding_dim"].paper == 10
     assert "model_settings.MF.embedding_dim" not in found  # MF is not one of the paper's models (nor in the run)
+
+
+def test_a_paper_model_set_to_the_papers_own_value_is_no_deviation():
+    config = RunConfig.from_dict({"dataset": "movielens-1m", "model_settings": {"FM": {"embedding_dim": 10,
+                                                                                      "adam_lr": 0.002}}})
+    found = {d.setting for d in deviations(config, {"paper": paper_meta(config.meta)})}
+    assert "model_settings.FM.embedding_dim" not in found  # 10 is section 5.2's value
+    assert "model_settings.FM.adam_lr" in found  # the paper states no rate for it: listed

@@ -37,7 +37,7 @@ def run_folder_options(fn):
 def preset_option(fn):
     return click.option("--preset", "preset_name", type=click.Choice(["extended"]), default=None,
                         help="A preset laid over the dataset's (below --config): 'extended' adds MF and DIN "
-                             "with tuned settings.")(fn)
+                             "and runs every model with tuned settings.")(fn)
 
 
 def custom_spec(data_file: Path | None, columns_file: Path | None):
