@@ -174,10 +174,10 @@ def _model_overrides(config: RunConfig) -> list[Deviation]:
             if value is None:
                 continue
             paper = PAPER[shared[key]] if key in shared else None
-            if paper is not None and not _differs(value, paper.value(config.dataset)):
+            expected = paper.value(config.dataset) if paper else "not stated"
+            if paper is not None and not _differs(value, expected):
                 continue  # set, but to the paper's value: no deviation
-            out.append(Deviation(f"model_settings.{model}.{key}", value,
-                                 paper.value(config.dataset) if paper else "not stated",
+            out.append(Deviation(f"model_settings.{model}.{key}", value, expected,
                                  paper.source if paper else "the paper gives one setting for all models",
                                  "every row"))
     return out

@@ -62,18 +62,19 @@ class UserProfile:
         """From the meta-training users' support rows: popularity counts, the training statistics,
         and the profile's mean and spread over those users."""
         slot = cls.item_slot_of(layout)
-        rows = torch.as_tensor(np.concatenate(support) if len(support) else np.empty(0, np.int64))
+        users = _Segments(support)
+        rows = users.rows
         counts = torch.bincount(data.ids[rows, slot].long(), minlength=layout.num_features).double()
         counts[0] = 0  # the unknown item
         ratings = _ratings(data, rows)
         ratings = ratings[torch.isfinite(ratings)]
-        span, gaps = _Segments(support).spans(data)
+        span, gaps = users.spans(data)
         priors = {"positive_rate": float(data.labels[rows].double().mean()) if len(rows) else 0.5,
                   "rating_mean": float(ratings.mean()) if len(ratings) else 0.0,
                   "rating_variance": float(ratings.var()) if len(ratings) > 1 else 0.0,
                   "gap_days": float(span.sum() / gaps.sum()) if gaps.sum() > 0 else 0.0}
         raw = cls(slot, torch.log1p(counts).float(), priors, torch.zeros(len(FEATURES)), torch.ones(len(FEATURES)))
-        profiles = raw.raw_features(data, support)
+        profiles = raw._raw_features(data, users)
         # a feature the same for every user (no ratings in the data, one user) is centred only:
         # dividing by a spread of about 0 would blow rounding noise up into large inputs
         spread = profiles.std(0).nan_to_num(0.0)
@@ -85,7 +86,9 @@ class UserProfile:
     def raw_features(self, data: TensorData, row_lists: Sequence[np.ndarray]) -> torch.Tensor:
         """The unstandardised profiles [U, F] of users with the support rows `row_lists`: every
         user at once, as sums over each user's rows (a scoring request's users in one pass)."""
-        users = _Segments(row_lists)
+        return self._raw_features(data, _Segments(row_lists))
+
+    def _raw_features(self, data: TensorData, users: _Segments) -> torch.Tensor:
         p, n = self.priors, users.sizes
         rate = (users.sum(data.labels[users.rows].double()) + SHRINK * p["positive_rate"]) / (n + SHRINK)
         item_popularity = self.popularity[data.ids[users.rows, self.item_slot].long()].double()
