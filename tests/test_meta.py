@@ -317,6 +317,47 @@ def test_metaselector_starts_from_each_models_own_adaptation(ml1m_fixture, monke
     assert moved and all(context.adapted[m][1]["best_epoch"] > 0 for m in moved)
 
 
+def test_rows_mixing_adapted_models_meta_test_each_model_once(ml1m_fixture, monkeypatch):
+    """The "<model> + per-user adaptation" rows and the rows that mix the adapted models read one
+    meta-test per model and task list, and what they read is what meta-testing gives."""
+    from metaselector.experiment.context import Timer, prepare_training
+    from metaselector.experiment.meta_training import adapted_predictions
+    from metaselector.experiment.methods.metaselector import AdaptationThenBlend, PerUserAdaptation
+
+    config = tiny("movielens-1m", models=["LR", "FM"])
+    torch.set_num_threads(1)
+    split = split_users(ml1m_fixture.users, ml1m_fixture.timestamps, seed=0)
+    context = prepare_training(config, ml1m_fixture, split, 0, Timer(lambda m: None))
+    test_tasks = tasks_for(ml1m_fixture.users, split.train, split.test)
+    calls = []
+    predict = MetaSGDEnsemble.predict
+
+    def counting_predict(self, data, tasks, *args, **kwargs):
+        calls.append(tasks)
+        return predict(self, data, tasks, *args, **kwargs)
+
+    monkeypatch.setattr(MetaSGDEnsemble, "predict", counting_predict)
+    blend = AdaptationThenBlend()
+    blend.fit(context)
+    rows = PerUserAdaptation("LR", config.meta)
+    rows.fit(context)
+    calls.clear()
+    mixed = np.concatenate(blend.predict(context, test_tasks))
+    alone = rows.predict(context, test_tasks)
+    assert len(calls) == 2 and all(c is test_tasks for c in calls)  # LR and FM once each
+    learner, _ = context.adapted["LR"]
+    fresh = predict(learner, context.tensors, test_tasks, [t.query for t in test_tasks])
+    for a, b in zip(alone, fresh, strict=True):
+        np.testing.assert_array_equal(a, b)
+    probabilities = np.stack([np.concatenate(fresh),
+                              np.concatenate(predict(context.adapted["FM"][0], context.tensors, test_tasks,
+                                                     [t.query for t in test_tasks]))], axis=1)
+    np.testing.assert_allclose(mixed, probabilities @ blend.weights)
+    # another task list (the same users' rows, another list) is meta-tested anew
+    adapted_predictions(context, "LR", list(test_tasks))
+    assert len(calls) == 3
+
+
 def test_length_groups_cover_every_user_once_and_bound_padding():
     from metaselector.selection.metasgd import MAX_PADDING, ROW_BUDGET, SMALL_PADDING, length_groups
 

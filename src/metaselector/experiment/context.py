@@ -100,6 +100,9 @@ class TrainingContext:
     notes: dict = field(default_factory=dict)
     state_dir: Path | None = None  # training state at epoch boundaries, for resuming
     adapted: dict = field(default_factory=dict)  # base model -> (its per-user-adaptation learner, notes)
+    # base model -> [(task list, that learner's query-row predictions)]: several report rows mix
+    # the same adapted models on the same users, and meta-testing them once is enough
+    adapted_predictions: dict = field(default_factory=dict)
     parent: object | None = None  # continuation.ParentModel: a saved model this training continues
 
     @property

@@ -66,6 +66,20 @@ def per_model_learner(context: TrainingContext, model: str) -> tuple[MetaSGDEnse
     return context.adapted[model]
 
 
+def adapted_predictions(context: TrainingContext, model: str, tasks: list) -> list[np.ndarray]:
+    """Base model `model`'s per-user-adaptation learner, adapted on each task's support rows, on
+    its query rows. Meta-tested once per model and task list (the same list object): the
+    "<model> + per-user adaptation" row and the rows that mix the adapted models all read it."""
+    learner, _ = per_model_learner(context, model)
+    seen = context.adapted_predictions.setdefault(model, [])
+    for earlier, predictions in seen:
+        if earlier is tasks:
+            return predictions
+    predictions = learner.predict(context.tensors, tasks, [t.query for t in tasks])
+    seen.append((tasks, predictions))
+    return predictions
+
+
 def meta_train(context: TrainingContext, name: str, settings: MetaSettings, model_names: list[str],
                with_selector: bool = True) -> tuple[MetaSGDEnsemble, dict]:
     """Meta-train copies of the pretrained `model_names` (and a new selector) with `settings`;

@@ -8,7 +8,7 @@ import torch
 
 from ...selection.meta_settings import MetaSettings
 from ..context import TrainingContext
-from ..meta_training import meta_train, per_model_learner
+from ..meta_training import adapted_predictions, meta_train, per_model_learner
 from ..paper import paper_meta, start_description
 from .base import Method, split_by_task
 from .stacking import row_weights
@@ -54,7 +54,7 @@ class PerUserAdaptation(Method):
         return notes
 
     def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
-        return self.learner.predict(context.tensors, tasks, [t.query for t in tasks])
+        return adapted_predictions(context, self.model, tasks)
 
 
 def methods(config) -> list:
@@ -101,9 +101,8 @@ class AdaptationThenStacking(Method):
 
 def adapted_probabilities(context: TrainingContext, tasks) -> np.ndarray:
     """Each base model's per-user-adaptation learner's probabilities [N, K] for the tasks' query rows."""
-    queries = [t.query for t in tasks]
-    return np.stack([np.concatenate(per_model_learner(context, m)[0].predict(context.tensors, tasks, queries))
-                     for m in context.config.models], axis=1)
+    return np.stack([np.concatenate(adapted_predictions(context, m, tasks)) for m in context.config.models],
+                    axis=1)
 
 
 def adaptation_then_blend(config) -> list:
