@@ -75,7 +75,8 @@ def adapted_predictions(context: TrainingContext, model: str, tasks: list) -> li
     for earlier, predictions in seen:
         if earlier is tasks:
             return predictions
-    predictions = learner.predict(context.tensors, tasks, [t.query for t in tasks])
+    with context.timer(f"{model} + per-user adaptation meta-testing"):
+        predictions = learner.predict(context.tensors, tasks, [t.query for t in tasks])
     seen.append((tasks, predictions))
     return predictions
 
