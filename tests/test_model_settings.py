@@ -1,5 +1,8 @@
 """Per-model settings: [model_settings.<model>] tables that fall back to the shared settings."""
 
+import tomllib
+from importlib import resources
+
 import pytest
 
 from metaselector.config import RunConfig, load_config
@@ -53,3 +56,29 @@ def test_a_paper_model_set_to_the_papers_own_value_is_no_deviation():
     found = {d.setting for d in deviations(config, {"paper": paper_meta(config.meta)})}
     assert "model_settings.FM.embedding_dim" not in found  # 10 is section 5.2's value
     assert "model_settings.FM.adam_lr" in found  # the paper states no rate for it: listed
+
+
+def test_the_extended_preset_lies_over_the_datasets_and_under_the_config_file(tmp_path):
+    """`--preset extended`: six models, each with the tables the shipped preset holds, on top of the
+    dataset's preset (the paper row's settings untouched), below a config file and the options."""
+    shipped = tomllib.loads((resources.files("metaselector") / "presets" / "extended.toml").read_text())
+    plain = load_config("movielens-1m", None)
+    extended = load_config("movielens-1m", None, preset_name="extended")
+    assert list(extended.models) == shipped["models"] == ["LR", "FM", "FFM", "DeepFM", "MF", "DIN"]
+    assert list(plain.models) == ["LR", "FM", "FFM", "DeepFM"]
+    for model, table in shipped["model_settings"].items():
+        sizes, training = model_settings(extended, model), pretrain_settings(extended, model)
+        for key, value in table.items():
+            assert getattr(sizes if hasattr(sizes, key) else training, key) == value, (model, key)
+    assert model_settings(extended, "FM") == model_settings(plain, "FM")  # FM kept the paper's settings
+    assert paper_meta(extended.meta) == paper_meta(plain.meta) and extended.pretrain == plain.pretrain
+    listed = {d.setting for d in deviations(extended, {"paper": paper_meta(extended.meta)})}
+    assert "model_settings.FFM.embedding_dim" in listed and not any(s.startswith("model_settings.FM.") for s in listed)
+
+    (tmp_path / "c.toml").write_text('models = ["FFM", "MF"]\n[model_settings.MF]\nembedding_dim = 8\n')
+    mine = load_config("movielens-1m", tmp_path / "c.toml", {"seeds": 1}, preset_name="extended")
+    assert list(mine.models) == ["FFM", "MF"] and mine.seeds == 1
+    assert model_settings(mine, "MF").embedding_dim == 8  # the file wins where it speaks
+    assert pretrain_settings(mine, "MF").l2_embedding == shipped["model_settings"]["MF"]["l2_embedding"]
+    with pytest.raises(ConfigError, match="preset 'wide': unknown"):
+        load_config("movielens-1m", None, preset_name="wide")
