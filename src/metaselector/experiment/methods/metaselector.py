@@ -50,7 +50,7 @@ class PerUserAdaptation(Method):
 
     def fit(self, context: TrainingContext) -> dict:
         # Shared with the adaptation-then-blend row (and the validated row's start).
-        self.learner, notes = per_model_learner(context, self.model)
+        _, notes = per_model_learner(context, self.model)
         return notes
 
     def predict(self, context: TrainingContext, tasks) -> list[np.ndarray]:
