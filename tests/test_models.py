@@ -169,3 +169,44 @@ def test_din_attends_only_to_real_history_items(ml1m_fixture):
     changed[:, slots] = torch.where(padded, torch.randint_like(changed[:, slots], 1, 100), changed[:, slots])
     # ids under zero weights (padding) change nothing
     torch.testing.assert_close(model(type(batch)(changed, batch.weights)), model(batch))
+
+
+def test_table_l2_shrinks_every_row_and_rows_l2_only_the_used_ones(ml1m_fixture):
+    """`l2_scope = "table"` is weight decay: its penalty's gradient reaches every row of the
+    vector tables (rows the batch never used included), equals 2 * l2 * row / batch size, leaves
+    the first-order weights alone, and keeps the dense optimizer even over a big vocabulary;
+    `"rows"` (the default) touches only the rows the batch uses."""
+    from metaselector.training.pretrain import AdamWithLazyTables, _batch_loss, make_optimizer
+
+    batch, labels = _batch(ml1m_fixture)
+    unused = torch.ones(ml1m_fixture.layout.num_features, dtype=torch.bool)
+    unused[batch.ids.unique()] = False
+    assert unused.any()
+    for scope in ("rows", "table"):
+        model = build_model("MF", ml1m_fixture.layout, ModelSettings(embedding_dim=3)).double()
+        settings = PretrainSettings(l2_embedding=0.5, l2_scope=scope, lazy_table_rows=1)
+        optimizer = make_optimizer(model, settings)
+        assert isinstance(optimizer, AdamWithLazyTables) == (scope == "rows")
+        loss, objective, _ = _batch_loss(model, optimizer, batch, labels, settings, len(labels))
+        if scope == "table":
+            (objective - loss).backward()  # the penalty alone
+            torch.testing.assert_close(model.embedding.grad, 2 * 0.5 * model.embedding.detach() / len(labels))
+            assert model.bias_table.grad is None or not model.bias_table.grad.any()
+    model = build_model("MF", ml1m_fixture.layout, ModelSettings(embedding_dim=3)).double()
+    settings = PretrainSettings(l2_embedding=0.5, lazy_table_rows=0)
+    loss, objective, _ = _batch_loss(model, make_optimizer(model, settings), batch, labels, settings, len(labels))
+    (objective - loss).backward()
+    assert not model.embedding.grad[unused].any()  # "rows": an unused row is left alone
+
+
+def test_l2_scope_is_a_per_model_setting_checked_on_read():
+    from metaselector.config import RunConfig
+    from metaselector.errors import ConfigError
+    from metaselector.experiment.context import pretrain_settings
+
+    config = RunConfig.from_dict({"models": ["FM", "MF"], "model_settings": {"MF": {"l2_scope": "table"}}})
+    assert pretrain_settings(config, "MF").l2_scope == "table" and pretrain_settings(config, "FM").l2_scope == "rows"
+    with pytest.raises(ConfigError, match="model_settings.MF.l2_scope"):
+        RunConfig.from_dict({"model_settings": {"MF": {"l2_scope": "everything"}}})
+    with pytest.raises(ConfigError, match="pretrain.l2_scope"):
+        RunConfig.from_dict({"pretrain": {"l2_scope": "all"}})

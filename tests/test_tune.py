@@ -46,7 +46,8 @@ def test_tune_writes_an_overlay_the_commands_read_and_continues(tmp_path):
     assert "| MF | 3 (" in result.stdout and "LR: no search space" not in result.stdout
     overlay = tomllib.loads((out / "tuned.toml").read_text())
     assert set(overlay["model_settings"]) == {"MF"}
-    assert set(overlay["model_settings"]["MF"]) <= {"embedding_dim", "l2_embedding", "adam_lr"}
+    assert set(overlay["model_settings"]["MF"]) <= {"embedding_dim", "l2_embedding", "l2_scope", "adam_lr"}
+    assert overlay["model_settings"]["MF"].get("l2_scope", "rows") in {"rows", "table"}
     config = load_config("movielens-1m", out / "tuned.toml", {"models": ["LR", "MF"]})
     assert config.model_settings["MF"].embedding_dim == overlay["model_settings"]["MF"]["embedding_dim"]
     assert _finished(out, "MF") == 3
@@ -76,3 +77,17 @@ def test_a_killed_tune_continues_its_study(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert _finished(out, "MF") == before + 2  # the trials done before the kill were kept
+
+
+def test_the_first_trial_holds_the_current_settings_choices_included():
+    """A study's first trial is the model's current settings: numbers inside their ranges and
+    choices (the L2 scope, DeepFM's hidden sizes) among the declared ones."""
+    from metaselector.models import resolve_model
+    from metaselector.tuning import _start_values
+
+    config = load_config("movielens-1m", None, {"models": ["MF", "DeepFM"],
+                                                "model_settings": {"MF": {"l2_scope": "table", "embedding_dim": 16}}})
+    mf = _start_values(config, "MF", resolve_model("MF").search_space)
+    assert mf["l2_scope"] == "table" and mf["embedding_dim"] == 16
+    deepfm = _start_values(config, "DeepFM", resolve_model("DeepFM").search_space)
+    assert deepfm["l2_scope"] == "rows" and deepfm["hidden"] == "256-256-256"

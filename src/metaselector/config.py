@@ -82,13 +82,14 @@ class SampleLevelSettings:
 class ModelOverrides:
     """A [model_settings.<model>] table: one base model's own settings (chosen by `metaselector
     tune`, or by hand); each one left out falls back to the shared setting of the same name
-    (embedding_dim, deepfm_hidden as `hidden`, dropout, and [pretrain] l2_embedding, adam_lr,
+    (embedding_dim, deepfm_hidden as `hidden`, dropout, and [pretrain] l2_embedding, l2_scope, adam_lr,
     epochs, patience). A table for a model the run does not use is ignored."""
 
     embedding_dim: int | None = setting(None, AT_LEAST_ONE)
     hidden: list[int] | None = setting(None, AT_LEAST_ONE, non_empty=True)
     dropout: float | None = setting(None, Interval(0, 1, hi_open=True))
     l2_embedding: float | None = setting(None, NON_NEGATIVE)
+    l2_scope: str | None = setting(None, Options(("rows", "table")))
     adam_lr: float | None = setting(None, POSITIVE)
     epochs: int | None = setting(None, AT_LEAST_ONE)
     patience: int | None = setting(None, AT_LEAST_ONE)

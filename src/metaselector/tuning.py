@@ -70,6 +70,7 @@ def _start_values(config: RunConfig, name: str, space: dict[str, SearchParam]) -
         value = current.get(key)
         if key == "hidden":
             value = "-".join(map(str, value))
+        if param.choices:
             if value in param.choices:
                 out[key] = value
         elif value is not None and param.low <= value <= param.high:

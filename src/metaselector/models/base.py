@@ -55,7 +55,8 @@ class SearchParam:
 
 
 # Searched for every Adam-trained model unless its class declares otherwise.
-TRAINING_SPACE = {"l2_embedding": SearchParam(1e-7, 1e-1, log=True), "adam_lr": SearchParam(1e-4, 1e-2, log=True)}
+TRAINING_SPACE = {"l2_embedding": SearchParam(1e-7, 1e-1, log=True), "l2_scope": SearchParam(choices=("rows", "table")),
+                  "adam_lr": SearchParam(1e-4, 1e-2, log=True)}
 
 
 class BaseModel(nn.Module):

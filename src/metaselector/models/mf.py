@@ -29,7 +29,9 @@ class MF(BaseModel):
     # vectors' L2 cost 0.009 of validation LogLoss (0.5619 against 0.5531, seed 0, extended preset).
     unpenalised_tables = ("bias_table",)
     search_space = {"embedding_dim": SearchParam(4, 64, log=True, integer=True),
-                    "l2_embedding": SearchParam(1e-7, 1.0, log=True), "adam_lr": SearchParam(1e-4, 3e-2, log=True)}
+                    "l2_embedding": SearchParam(1e-7, 1.0, log=True),
+                    "l2_scope": SearchParam(choices=("rows", "table")),
+                    "adam_lr": SearchParam(1e-4, 3e-2, log=True)}
 
     def __init__(self, layout, settings) -> None:
         super().__init__(layout, settings)
