@@ -91,3 +91,30 @@ def test_the_first_trial_holds_the_current_settings_choices_included():
     assert mf["l2_scope"] == "table" and mf["embedding_dim"] == 16
     deepfm = _start_values(config, "DeepFM", resolve_model("DeepFM").search_space)
     assert deepfm["l2_scope"] == "rows" and deepfm["hidden"] == "256-256-256"
+
+
+def test_a_searched_model_keeps_its_place_in_the_runs_model_list(tmp_path, monkeypatch):
+    """A model is seeded (initialisation, batch order) by its place in the run's model list, so
+    `--models MF` searches the MF a run of the extended preset trains (place 4), not a model seeded
+    as the first; a model the list lacks comes after it."""
+    import metaselector.tuning as tuning
+
+    places = {}
+
+    class Recorder:
+        def __init__(self, config, data, name, index, cls, seed, device):
+            places[name] = index
+
+        def __call__(self, trial):
+            return 0.5
+
+    monkeypatch.setattr(tuning, "_Search", Recorder)
+    config = load_config("ml-latest-small", None, {}, "extended")
+    assert config.models == ["LR", "FM", "FFM", "DeepFM", "MF", "DIN"]
+    results = tuning.tune(config, None, tmp_path, trials=1, timeout=60, seed=0, progress=False, log=lambda m: None,
+                          only=["MF", "DIN"])
+    assert places == {"MF": 4, "DIN": 5} and [r.model for r in results] == ["MF", "DIN"]
+    places.clear()
+    tuning.tune(load_config("ml-latest-small", None), None, tmp_path / "b", trials=1, timeout=60, seed=0,
+                progress=False, log=lambda m: None, only=["DIN", "FFM"])
+    assert places == {"FFM": 2, "DIN": 4}

@@ -150,12 +150,13 @@ def tune(dataset, data_dir, data_file, columns_file, config_file, models, out, t
     from ..tuning import summary_table
     from ..tuning import tune as run
 
-    overrides = {k: v for k, v in {"threads": threads, "models": names(models)}.items() if v is not None}
+    # --models picks which models to search; each keeps its place in the run's model list.
+    overrides = {"threads": threads} if threads is not None else {}
     config = load_config(dataset, config_file, overrides, preset_name)
     if config.threads:
         torch.set_num_threads(config.threads)
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     data = load_dataset(dataset, data_dir, custom=custom_spec(data_file, columns_file), log=log)
-    results = run(config, data, Path(out), trials, timeout, seed, progress=not quiet, log=log)
+    results = run(config, data, Path(out), trials, timeout, seed, progress=not quiet, log=log, only=names(models))
     click.echo(summary_table(results))
     click.echo(f"wrote {Path(out) / 'tuned.toml'} (use it with --config)")
