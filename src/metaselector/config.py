@@ -13,7 +13,7 @@ from .data.custom import CustomSpec
 from .errors import ConfigError
 from .selection.meta_settings import MetaSettings
 from .settings import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Interval, Options, build, merge, setting
-from .training.pretrain import PretrainSettings
+from .training.pretrain import L2_SCOPES, PretrainSettings
 
 
 def _read_toml(path: Path) -> dict:
@@ -89,7 +89,7 @@ class ModelOverrides:
     hidden: list[int] | None = setting(None, AT_LEAST_ONE, non_empty=True)
     dropout: float | None = setting(None, Interval(0, 1, hi_open=True))
     l2_embedding: float | None = setting(None, NON_NEGATIVE)
-    l2_scope: str | None = setting(None, Options(("rows", "table")))
+    l2_scope: str | None = setting(None, Options(L2_SCOPES))
     adam_lr: float | None = setting(None, POSITIVE)
     epochs: int | None = setting(None, AT_LEAST_ONE)
     patience: int | None = setting(None, AT_LEAST_ONE)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import BaseModel, Batch, SearchParam, gather_rows, register_model
+from .base import TRAINING_SPACE, BaseModel, Batch, SearchParam, gather_rows, register_model
 
 USER_FIELDS = ("user_id",)
 ITEM_FIELDS = ("movie_id", "item_id")
@@ -30,7 +30,7 @@ class MF(BaseModel):
     unpenalised_tables = ("bias_table",)
     search_space = {"embedding_dim": SearchParam(4, 64, log=True, integer=True),
                     "l2_embedding": SearchParam(1e-7, 1.0, log=True),
-                    "l2_scope": SearchParam(choices=("rows", "table")),
+                    "l2_scope": TRAINING_SPACE["l2_scope"],
                     "adam_lr": SearchParam(1e-4, 3e-2, log=True)}
 
     def __init__(self, layout, settings) -> None:

@@ -28,6 +28,8 @@ from .row_state import LazyRowAdam
 from .state import StateFile
 from .tensors import TensorData, predict
 
+L2_SCOPES = ("rows", "table")  # what [pretrain] l2_embedding shrinks (see PretrainSettings.l2_scope)
+
 
 @dataclass
 class PretrainSettings:
@@ -45,7 +47,7 @@ class PretrainSettings:
     # one seldom). "table": every row of the tables, used or not (weight decay, dense): a rare id
     # is pulled to zero between its samples, so its vector stays small unless its data say
     # otherwise. On ml-latest-small's validation rows MF does better with "table".
-    l2_scope: str = setting("rows", Options(("rows", "table")))
+    l2_scope: str = setting("rows", Options(L2_SCOPES))
     ftrl_alpha: float = setting(8.0, POSITIVE)
     ftrl_beta: float = setting(1.0, NON_NEGATIVE)
     ftrl_l1: float = setting(0.0, NON_NEGATIVE)
