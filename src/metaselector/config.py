@@ -83,7 +83,7 @@ class ModelOverrides:
     """A [model_settings.<model>] table: one base model's own settings (chosen by `metaselector
     tune`, or by hand); each one left out falls back to the shared setting of the same name
     (embedding_dim, deepfm_hidden as `hidden`, dropout, and [pretrain] l2_embedding, l2_scope, adam_lr,
-    epochs, patience). A table for a model the run does not use is ignored."""
+    epochs, patience, rating_loss). A table for a model the run does not use is ignored."""
 
     embedding_dim: int | None = setting(None, AT_LEAST_ONE)
     hidden: list[int] | None = setting(None, AT_LEAST_ONE, non_empty=True)
@@ -93,6 +93,7 @@ class ModelOverrides:
     adam_lr: float | None = setting(None, POSITIVE)
     epochs: int | None = setting(None, AT_LEAST_ONE)
     patience: int | None = setting(None, AT_LEAST_ONE)
+    rating_loss: float | None = setting(None, NON_NEGATIVE)
 
 
 @dataclass

@@ -78,7 +78,7 @@ def pretrain_settings(config: RunConfig, name: str) -> PretrainSettings:
     own = config.model_settings.get(name)
     if own is None:
         return config.pretrain
-    keys = ("l2_embedding", "l2_scope", "adam_lr", "epochs", "patience")
+    keys = ("l2_embedding", "l2_scope", "adam_lr", "epochs", "patience", "rating_loss")
     return replace(config.pretrain, **{k: getattr(own, k) for k in keys if getattr(own, k) is not None})
 
 

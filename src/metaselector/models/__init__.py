@@ -6,7 +6,7 @@ from .din import DIN
 from .ffm import FFM
 from .fm import FM
 from .lr import LR
-from .mf import MF
+from .mf import MF, RatingMF
 
 __all__ = ["BaseModel", "Batch", "ModelSettings", "build_model", "register_model", "resolve_model",
-           "LR", "FM", "FFM", "DeepFM", "MF", "DIN"]
+           "LR", "FM", "FFM", "DeepFM", "MF", "RatingMF", "DIN"]

@@ -68,6 +68,9 @@ class BaseModel(nn.Module):
     # alone, as the paper's models leave their linear terms unregularised.
     unpenalised_tables: tuple[str, ...] = ("linear",)
     search_space: dict[str, SearchParam] = TRAINING_SPACE
+    # A model that also regresses the events' raw ratings in pretraining ([pretrain] rating_loss)
+    # sets this, and its forward(batch, with_rating=True) returns (logits, standardised rating).
+    predicts_ratings: bool = False
 
     def __init__(self, layout: FeatureLayout, settings: ModelSettings) -> None:
         super().__init__()

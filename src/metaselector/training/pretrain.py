@@ -18,6 +18,7 @@ from torch.func import functional_call
 from tqdm import tqdm
 
 from .. import distributed
+from ..errors import ConfigError
 from ..evaluation.metrics import logloss
 from ..models.base import BaseModel, Batch, gather_rows
 from ..models.layers import global_rows
@@ -56,6 +57,10 @@ class PretrainSettings:
     # rows a batch uses (lazy Adam, row_state.LazyRowAdam); 0 = never. Dense Adam over a 318k x 6 x 10 FFM
     # table spends most of each step on rows the batch never touched.
     lazy_table_rows: int = setting(100_000, NON_NEGATIVE)
+    # The weight of the rating loss for a model that also regresses the raw rating (one that
+    # implements BaseModel.rating_from_logits, e.g. RatingMF): the mean squared error of its
+    # standardised rating prediction, added to the LogLoss. Other models ignore it.
+    rating_loss: float = setting(1.0, NON_NEGATIVE)
 
 
 @dataclass
@@ -142,13 +147,47 @@ def _mean_loss(logits: torch.Tensor, labels: torch.Tensor, global_size: int) -> 
     return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / global_size
 
 
+@dataclass
+class RatingTarget:
+    """What a rating-regressing model's second loss reads: every row's rating standardised with
+    the training rows' mean and spread (NaN where an event has none), and the loss's weight."""
+
+    values: torch.Tensor  # float32 [N]
+    weight: float
+
+    @classmethod
+    def of(cls, model: BaseModel, data: TensorData, train_rows: np.ndarray, weight: float,
+           name: str) -> RatingTarget | None:
+        """The target for `model`, or None for a model trained on the labels alone. A model that
+        regresses ratings on data without any is refused with one line."""
+        if not model.predicts_ratings or not weight:
+            return None
+        rated = data.ratings[torch.as_tensor(train_rows)] if data.ratings is not None else torch.empty(0)
+        rated = rated[torch.isfinite(rated)].double()
+        if len(rated) < 2:
+            raise ConfigError(f"model {name}: [pretrain] rating_loss = {weight} regresses the events' ratings, "
+                              "but the training data has none (0/1 labels only): use MF, or rating_loss = 0")
+        spread = float(rated.std()) or 1.0
+        return cls(((data.ratings.double() - float(rated.mean())) / spread).float(), weight)
+
+
+def _rating_loss(predicted: torch.Tensor, ratings: torch.Tensor, global_size: int) -> torch.Tensor:
+    """This process's share of the batch's mean squared rating error (rows without a rating add 0)."""
+    rated = torch.isfinite(ratings)
+    error = torch.where(rated, predicted - ratings.nan_to_num(0.0), 0.0)
+    return error.pow(2).sum() / global_size
+
+
 def _batch_loss(model: BaseModel, optimizer, batch: Batch, labels: torch.Tensor, settings: PretrainSettings,
-                global_size: int):
+                global_size: int, ratings: torch.Tensor | None = None):
     """(loss, objective, finish) of this process's rows of a batch of `global_size` rows: losses
     are summed and divided by the global size, so that over ranks they add up to the batch mean.
-    After backward, `finish` sums gradients over ranks and hands a lazy optimizer its rows."""
+    After backward, `finish` sums gradients over ranks and hands a lazy optimizer its rows.
+    `ratings`: the rows' standardised ratings, for a model that regresses them too (the
+    objective then adds settings.rating_loss times their mean squared error)."""
+    outputs = {"with_rating": True} if ratings is not None else {}
     if not isinstance(optimizer, AdamWithLazyTables):
-        loss = _mean_loss(model(batch), labels, global_size)
+        logits = model(batch, **outputs)
         tables = {n: getattr(model, n) for n in model.table_names}
         if not settings.l2_embedding:
             penalty = 0.0
@@ -160,28 +199,34 @@ def _batch_loss(model: BaseModel, optimizer, batch: Batch, labels: torch.Tensor,
         def finish() -> None:
             distributed.sum_gradients(list(model.parameters()))
 
-        return loss, loss + settings.l2_embedding * penalty, finish
-    # Only the rows this batch uses (on any rank) enter the graph, as small leaves indexed by local ids.
-    used = distributed.union_rows(torch.unique(batch.ids))
-    local = torch.searchsorted(used, batch.ids)
-    leaves = {n: getattr(model, n).detach()[used].requires_grad_(True) for n in optimizer.tables}
-    logits = functional_call(model, leaves, (Batch(local, batch.weights),))
+    else:
+        # Only the rows this batch uses (on any rank) enter the graph, as small leaves indexed by local ids.
+        used = distributed.union_rows(torch.unique(batch.ids))
+        local = torch.searchsorted(used, batch.ids)
+        leaves = {n: getattr(model, n).detach()[used].requires_grad_(True) for n in optimizer.tables}
+        logits = functional_call(model, leaves, (Batch(local, batch.weights),), outputs)
+        penalty = embedding_penalty(leaves, local, global_size, model.unpenalised_tables) \
+            if settings.l2_embedding else 0.0
+
+        def finish() -> None:
+            dense = [p for p in model.parameters() if all(p is not t for t in optimizer.tables.values())]
+            distributed.sum_gradients([*leaves.values(), *dense])
+            optimizer.set_row_gradients(used, {n: leaf.grad for n, leaf in leaves.items()})
+
+    rating_error = 0.0
+    if ratings is not None:
+        logits, predicted = logits
+        rating_error = settings.rating_loss * _rating_loss(predicted, ratings, global_size)
     loss = _mean_loss(logits, labels, global_size)
-    penalty = embedding_penalty(leaves, local, global_size, model.unpenalised_tables) if settings.l2_embedding else 0.0
-
-    def finish() -> None:
-        dense = [p for p in model.parameters() if all(p is not t for t in optimizer.tables.values())]
-        distributed.sum_gradients([*leaves.values(), *dense])
-        optimizer.set_row_gradients(used, {n: leaf.grad for n, leaf in leaves.items()})
-
-    return loss, loss + settings.l2_embedding * penalty, finish
+    return loss, loss + settings.l2_embedding * penalty + rating_error, finish
 
 
 def train_epoch(model: BaseModel, optimizer: torch.optim.Optimizer, data: TensorData, rows: np.ndarray,
                 settings: PretrainSettings, generator: torch.Generator, device: torch.device | str = "cpu",
-                progress: bool = False, desc: str = "") -> float:
-    """One pass over `rows` in shuffled mini-batches; returns the running training loss. Under
-    torch.distributed every rank draws the same order and takes its share of each batch."""
+                progress: bool = False, desc: str = "", ratings: RatingTarget | None = None) -> float:
+    """One pass over `rows` in shuffled mini-batches; returns the running training loss (LogLoss).
+    Under torch.distributed every rank draws the same order and takes its share of each batch.
+    `ratings`: the target of a model that regresses ratings too (RatingTarget.of)."""
     model.train()
     order = torch.as_tensor(rows)[torch.randperm(len(rows), generator=generator)]
     bar = tqdm(range(0, len(order), settings.batch_size), desc=desc, disable=not progress, leave=False,
@@ -190,9 +235,11 @@ def train_epoch(model: BaseModel, optimizer: torch.optim.Optimizer, data: Tensor
     running = 0.0
     for step, start in enumerate(bar, start=1):
         part = order[start:start + settings.batch_size]
-        batch, labels = data.batch(part[group.rank::group.world], device)
+        mine = part[group.rank::group.world]
+        batch, labels = data.batch(mine, device)
+        rated = ratings.values[mine].to(device) if ratings is not None else None
         with global_rows(len(part), group.rank, group.world):  # dropout masks of the global batch
-            loss, objective, finish = _batch_loss(model, optimizer, batch, labels, settings, len(part))
+            loss, objective, finish = _batch_loss(model, optimizer, batch, labels, settings, len(part), rated)
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         finish()
@@ -250,10 +297,13 @@ class _PretrainEpochs:
         self.train_rows, self.valid_rows, self.generator = train_rows, valid_rows, generator
         self.device, self.progress, self.desc = device, progress, desc
         self.valid_labels = data.labels[valid_rows].numpy()
+        self.ratings = RatingTarget.of(model, data, train_rows, settings.rating_loss,
+                                    getattr(model, "model_name", type(model).__name__))
 
     def train_epoch(self, epoch: int) -> dict:
         return {"train_loss": train_epoch(self.model, self.optimizer, self.data, self.train_rows, self.settings,
-                                          self.generator, self.device, self.progress, f"{self.desc} epoch {epoch}")}
+                                          self.generator, self.device, self.progress, f"{self.desc} epoch {epoch}",
+                                          self.ratings)}
 
     def validate(self, epoch: int) -> tuple[float, dict]:
         return logloss(self.valid_labels, predict(self.model, self.data, self.valid_rows, device=self.device)), {}

@@ -17,8 +17,9 @@ class TensorData:
     weights: torch.Tensor  # float32 [N, S]
     labels: torch.Tensor  # float32 [N]
     users: torch.Tensor  # int64 [N]
-    # Raw per-event values read only by the user profile (selection/user_profile.py), never by a
-    # model: Unix seconds, and the rating (NaN where an event has only a 0/1 label).
+    # Raw per-event values never read by a model's forward: Unix seconds (the user profile,
+    # selection/user_profile.py), and the rating (NaN where an event has only a 0/1 label; the
+    # profile, and the rating loss of a model that regresses ratings in pretraining).
     timestamps: torch.Tensor | None = None  # int64 [N]
     ratings: torch.Tensor | None = None  # float32 [N]
 
