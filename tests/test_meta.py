@@ -204,7 +204,7 @@ def test_reproduce_runs_on_every_format_fixture(tmp_path):
 
     for name, folder in [("movielens-100k", "ml-100k"), ("amazon-electronics", "amazon")]:
         data = load_dataset(name, FIXTURES / folder, log=lambda m: None)
-        config = tiny(name, ablations=False, models=["LR", "FM", "FFM", "DeepFM", "MF", "DIN"])
+        config = tiny(name, ablations=False, models=["LR", "FM", "FFM", "DeepFM", "MF", "DIN", "RatingMF"])
         summary = reproduce(config, data, tmp_path / name, progress=False, log=lambda m: None)
         assert np.isfinite(summary["rows"]["MetaSelector (paper)"]["auc"])
 
@@ -378,9 +378,11 @@ def test_length_groups_cover_every_user_once_and_bound_padding():
 
 
 def test_selector_rate_choice_keeps_the_factor_with_the_lowest_held_out_loss(make_module, make_episode):
-    """[meta] selector_rate_scales: each factor is scored with exactly the learned selector rates
-    times that factor (the others restored between candidates), the base models' rates never
-    change, the lowest score wins (ties: the smaller factor), and the module keeps its rates."""
+    """[meta] selector_rate_scales: each factor (1 always among them) is scored with exactly the
+    learned selector rates times that factor (the others restored between candidates), the base
+    models' rates never change, the lowest held-out LogLoss wins (ties: the smaller factor) if its
+    gain over factor 1 is at least selector_rate_min_z standard errors, and the module keeps the
+    chosen rates."""
     from metaselector.experiment.meta_training import choose_selector_rates
 
     module = make_module()
@@ -388,29 +390,47 @@ def test_selector_rate_choice_keeps_the_factor_with_the_lowest_held_out_loss(mak
     selector = [n for n in learned if n.startswith("selector.")]
     assert selector and any(n in module.tables for n in selector)  # a table and dense rates
     seen = []
+    # per factor, three users' per-row held-out losses: x100 and x1000 gain on every user
+    losses = {1: [[0.50, 0.52], [0.47], [0.51, 0.49, 0.48]], 10: [[0.51, 0.53], [0.48], [0.52, 0.50, 0.49]],
+              100: [[0.48, 0.50], [0.46], [0.49, 0.47, 0.47]], 1000: [[0.48, 0.50], [0.46], [0.49, 0.47, 0.47]]}
 
-    def criterion() -> float:
+    def per_user() -> list[np.ndarray]:
         now = module.dense_alpha()
         factor = float((now[selector[0]] / learned[selector[0]]).flatten()[0])
         for n in learned:
             expected = learned[n] * factor if n.startswith("selector.") else learned[n]
             torch.testing.assert_close(now[n], expected)
         seen.append(round(factor))
-        return {10: 0.50, 100: 0.49, 1000: 0.49}[round(factor)]
+        return [np.array(u) for u in losses[round(factor)]]
 
     tensors, tasks = make_episode(2)
     before = module.predict(tensors, tasks, [t.query for t in tasks], with_weights=True)
-    result = choose_selector_rates(module, [1, 10, 100, 1000], criterion, learned=0.495)
-    assert seen == [10, 100, 1000]
-    assert result["chosen"] == 100 and result["validation"] == {"1": 0.495, "10": 0.5, "100": 0.49, "1000": 0.49}
+    result = choose_selector_rates(module, [10, 100, 1000], per_user, min_z=2.0)
+    assert seen == [1, 10, 100, 1000]
+    means = {f: float(np.mean(np.concatenate(v))) for f, v in losses.items()}
+    assert result["validation"] == {f"{f}": round(m, 7) for f, m in means.items()}
+    assert result["chosen"] == result["best"] == 100
+    assert result["gain"] == pytest.approx(means[1] - means[100], abs=1e-7)
+    assert result["z"] >= 2.0
     after = module.dense_alpha()
     for n in learned:
         torch.testing.assert_close(after[n], learned[n] * (100 if n.startswith("selector.") else 1))
     # a larger selector step moves each user's weights further from the shared selector's
     moved = module.predict(tensors, tasks, [t.query for t in tasks], with_weights=True)
     assert not np.allclose(before[0][1], moved[0][1])
-    # the learned rates win when nothing beats them
+    # a lower mean that is within the users' noise keeps the learned rates: x10 gains on one
+    # user and loses on the others
     module = make_module()
-    assert choose_selector_rates(module, [10], lambda: 0.6, learned=0.5)["chosen"] == 1
+    noisy = {1: [[0.50, 0.52], [0.47], [0.51, 0.49, 0.48]], 10: [[0.30, 0.32], [0.50], [0.53, 0.51, 0.50]]}
+
+    def noisy_losses() -> list[np.ndarray]:
+        factor = float((module.dense_alpha()[selector[0]] / learned[selector[0]]).flatten()[0])
+        return [np.array(u) for u in noisy[round(factor)]]
+
+    result = choose_selector_rates(module, [10], noisy_losses, min_z=2.0)
+    assert result["best"] == 10 and 0 < result["z"] < 2.0 and result["chosen"] == 1
     for n, a in module.dense_alpha().items():
         torch.testing.assert_close(a, learned[n])
+    # with min_z = 0 the lowest held-out LogLoss is kept, whatever its margin
+    module = make_module()
+    assert choose_selector_rates(module, [10], noisy_losses, min_z=0.0)["chosen"] == 10

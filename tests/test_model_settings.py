@@ -59,12 +59,12 @@ def test_a_paper_model_set_to_the_papers_own_value_is_no_deviation():
 
 
 def test_the_extended_preset_lies_over_the_datasets_and_under_the_config_file(tmp_path):
-    """`--preset extended`: six models, each with the tables the shipped preset holds, on top of the
+    """`--preset extended`: seven models, each with the tables the shipped preset holds, on top of the
     dataset's preset (the paper row's settings untouched), below a config file and the options."""
     shipped = tomllib.loads((resources.files("metaselector") / "presets" / "extended.toml").read_text())
     plain = load_config("movielens-1m", None)
     extended = load_config("movielens-1m", None, preset_name="extended")
-    assert list(extended.models) == shipped["models"] == ["LR", "FM", "FFM", "DeepFM", "MF", "DIN"]
+    assert list(extended.models) == shipped["models"] == ["LR", "FM", "FFM", "DeepFM", "MF", "DIN", "RatingMF"]
     assert list(plain.models) == ["LR", "FM", "FFM", "DeepFM"]
     for model, table in shipped["model_settings"].items():
         sizes, training = model_settings(extended, model), pretrain_settings(extended, model)

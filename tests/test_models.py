@@ -11,7 +11,7 @@ from metaselector.training.ftrl import FTRL
 from metaselector.training.pretrain import PretrainSettings, pretrain
 from metaselector.training.tensors import TensorData, predict
 
-NAMES = ["LR", "FM", "FFM", "DeepFM", "MF", "DIN", "examples.wide_deep:WideDeep"]
+NAMES = ["LR", "FM", "FFM", "DeepFM", "MF", "RatingMF", "DIN", "examples.wide_deep:WideDeep"]
 
 
 def _batch(data, n=64):
@@ -210,3 +210,81 @@ def test_l2_scope_is_a_per_model_setting_checked_on_read():
         RunConfig.from_dict({"model_settings": {"MF": {"l2_scope": "everything"}}})
     with pytest.raises(ConfigError, match="pretrain.l2_scope"):
         RunConfig.from_dict({"pretrain": {"l2_scope": "all"}})
+
+
+def test_rating_mf_adds_the_rating_error_to_the_label_loss(ml1m_fixture):
+    """RatingMF's logits are label_scale * MF's score + label_shift; its pretraining objective is
+    the label's LogLoss plus rating_loss times the mean squared error of MF's score against the
+    rating standardised with the training rows' mean and spread, on the dense and the lazy-table
+    path alike; a row without a rating adds nothing."""
+    from metaselector.models.mf import MF
+    from metaselector.training.pretrain import RatingTarget, _batch_loss, make_optimizer
+
+    tensors = TensorData.from_encoded(ml1m_fixture)
+    train_rows = np.arange(0, len(tensors.labels), 2)
+    rows = np.arange(64)
+    batch, labels = tensors.batch(rows)
+    raw = tensors.ratings.double()
+    standardised = (raw - raw[train_rows].mean()) / raw[train_rows].std()
+    objectives = []
+    for lazy in (0, 1):
+        torch.manual_seed(0)
+        model = build_model("RatingMF", ml1m_fixture.layout, ModelSettings(embedding_dim=3)).double()
+        with torch.no_grad():
+            model.label_scale.fill_(1.7)
+            model.label_shift.fill_(-0.3)
+        target = RatingTarget.of(model, tensors, train_rows, 2.0, "RatingMF")
+        torch.testing.assert_close(target.values.double(), standardised, rtol=1e-5, atol=1e-5)
+        ratings = target.values[rows].double()
+        ratings[0] = float("nan")  # an event without a rating
+        settings = PretrainSettings(l2_embedding=0.0, rating_loss=2.0, lazy_table_rows=lazy)
+        loss, objective, _ = _batch_loss(model, make_optimizer(model, settings), batch, labels.double(), settings,
+                                         len(rows), ratings)
+        score = MF.forward(model, batch)
+        torch.testing.assert_close(model(batch), 1.7 * score - 0.3)
+        logits, rating = model(batch, with_rating=True)
+        torch.testing.assert_close(rating, score)
+        torch.testing.assert_close(loss, torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.double()))
+        error = (score - ratings)[1:]
+        torch.testing.assert_close(objective, loss + 2.0 * error.pow(2).sum() / len(rows))
+        objectives.append(objective)
+    torch.testing.assert_close(objectives[0], objectives[1])
+
+
+def test_rating_mf_learns_the_ratings_and_is_refused_on_data_without_them(ml1m_fixture):
+    """Pretraining brings RatingMF's score closer to the standardised ratings; on data with 0/1
+    labels only it is refused with one line naming the model and the setting, unless
+    rating_loss = 0 (then it trains on the labels alone)."""
+    from metaselector.errors import ConfigError
+    from metaselector.training.pretrain import RatingTarget
+
+    tensors = TensorData.from_encoded(ml1m_fixture)
+    rows = np.arange(len(tensors.labels))
+    torch.manual_seed(0)
+    model = build_model("RatingMF", ml1m_fixture.layout, ModelSettings(embedding_dim=4))
+    target = RatingTarget.of(model, tensors, rows, 1.0, "RatingMF").values
+
+    def rating_error() -> float:
+        with torch.no_grad():
+            return float((model(tensors.batch(rows)[0], with_rating=True)[1] - target).pow(2).mean())
+
+    before = rating_error()
+    pretrain(model, tensors, rows, PretrainSettings(epochs=4, batch_size=256, adam_lr=0.01), seed=0, progress=False)
+    assert rating_error() < before - 0.05
+    unrated = TensorData(tensors.ids, tensors.weights, tensors.labels, tensors.users, tensors.timestamps, None)
+    with pytest.raises(ConfigError, match=r"model RatingMF: \[pretrain\] rating_loss = 1.0 .* no"):
+        pretrain(model, unrated, rows, PretrainSettings(epochs=1), seed=0, progress=False)
+    result = pretrain(model, unrated, rows, PretrainSettings(epochs=1, rating_loss=0.0), seed=0, progress=False)
+    assert np.isfinite(result.validation_logloss)
+
+
+def test_rating_loss_is_a_per_model_setting_checked_on_read():
+    from metaselector.config import RunConfig
+    from metaselector.errors import ConfigError
+    from metaselector.experiment.context import pretrain_settings
+
+    config = RunConfig.from_dict({"models": ["MF", "RatingMF"], "model_settings": {"RatingMF": {"rating_loss": 7.5}}})
+    assert pretrain_settings(config, "RatingMF").rating_loss == 7.5
+    assert pretrain_settings(config, "MF").rating_loss == 1.0  # the shared default (MF does not read it)
+    with pytest.raises(ConfigError, match="model_settings.RatingMF.rating_loss"):
+        RunConfig.from_dict({"model_settings": {"RatingMF": {"rating_loss": -1}}})

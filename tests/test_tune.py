@@ -110,7 +110,7 @@ def test_a_searched_model_keeps_its_place_in_the_runs_model_list(tmp_path, monke
 
     monkeypatch.setattr(tuning, "_Search", Recorder)
     config = load_config("ml-latest-small", None, {}, "extended")
-    assert config.models == ["LR", "FM", "FFM", "DeepFM", "MF", "DIN"]
+    assert config.models == ["LR", "FM", "FFM", "DeepFM", "MF", "DIN", "RatingMF"]
     results = tuning.tune(config, None, tmp_path, trials=1, timeout=60, seed=0, progress=False, log=lambda m: None,
                           only=["MF", "DIN"])
     assert places == {"MF": 4, "DIN": 5} and [r.model for r in results] == ["MF", "DIN"]

@@ -36,8 +36,8 @@ def run_folder_options(fn):
 
 def preset_option(fn):
     return click.option("--preset", "preset_name", type=click.Choice(["extended"]), default=None,
-                        help="A preset laid over the dataset's (below --config): 'extended' adds MF and DIN "
-                             "and runs every model with tuned settings.")(fn)
+                        help="A preset laid over the dataset's (below --config): 'extended' adds MF, DIN and "
+                             "RatingMF and runs every model with tuned settings.")(fn)
 
 
 def custom_spec(data_file: Path | None, columns_file: Path | None):

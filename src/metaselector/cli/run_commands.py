@@ -32,7 +32,7 @@ from .group import (
               help="Fraction of users held out entirely, for meta-testing on new users.")
 @click.option("--threads", type=click.IntRange(min=0), default=None, help="torch threads (0: default).")
 @click.option("--models", default=None, metavar="NAME,NAME,...",
-              help="Base models (default LR,FM,FFM,DeepFM; the extended set adds MF,DIN).")
+              help="Base models (default LR,FM,FFM,DeepFM; the extended set adds MF,DIN,RatingMF).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @preset_option
 @run_folder_options

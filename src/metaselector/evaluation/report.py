@@ -212,5 +212,8 @@ def _best_epochs(notes: dict) -> str:
                 rates = value.get("selector_rates")
                 choice = (f"{rates['chosen']:g} ({', '.join(f'{k}: {v:.6f}' for k, v in rates['validation'].items())})"
                           if rates else "")
+                if rates and rates.get("best", rates["chosen"]) != rates["chosen"]:
+                    choice += (f"; x{rates['best']:g} gained {rates['gain']:.5f} ({rates['z']} standard errors), "
+                               "too little to keep")
                 lines.append(f"| {seed} | {name} | {value['best_epoch']} | {loss:.5f} | {choice} |")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ import copy
 import numpy as np
 import torch
 
-from ..evaluation.metrics import logloss
+from ..evaluation.metrics import sample_losses
 from ..models import BaseModel
 from ..random_streams import int_seed
 from ..selection.ensemble import Ensemble
@@ -44,16 +44,24 @@ def carry_over_to_singles(module: MetaSGDEnsemble, context: TrainingContext, mod
     module.carry_over(models, {k: context.base.singles[k] for k in models})
 
 
-def test_like_loss(module: MetaSGDEnsemble, context: TrainingContext, models: dict[str, BaseModel]) -> float:
-    """LogLoss of the test-time setup on held-out rows: the module (carried over to the single
-    models, where its settings say so), each checked user adapting on their other training rows."""
+def held_out_losses(module: MetaSGDEnsemble, context: TrainingContext,
+                    models: dict[str, BaseModel]) -> list[np.ndarray]:
+    """Per checked user, the per-row LogLoss of the test-time setup on their held-out rows: the
+    module (carried over to the single models, where its settings say so), each checked user
+    adapting on their other training rows."""
     snapshot = module.snapshot()
     if carries_over(module.settings):
         carry_over_to_singles(module, context, models)
     tasks = context.check_tasks
-    p = np.concatenate(module.predict(context.tensors, tasks, [t.query for t in tasks]))
+    predictions = module.predict(context.tensors, tasks, [t.query for t in tasks])
     module.restore(snapshot)
-    return logloss(context.data.labels[np.concatenate([t.query for t in tasks])], p)
+    return [sample_losses(context.data.labels[t.query], p) for t, p in zip(tasks, predictions, strict=True)]
+
+
+def test_like_loss(module: MetaSGDEnsemble, context: TrainingContext, models: dict[str, BaseModel]) -> float:
+    """LogLoss of the test-time setup on held-out rows (`held_out_losses`, all rows together)."""
+    losses = np.concatenate(held_out_losses(module, context, models))
+    return float(losses.mean()) if len(losses) else float("nan")
 
 
 def per_model_learner(context: TrainingContext, model: str) -> tuple[MetaSGDEnsemble, dict]:
@@ -103,6 +111,9 @@ def meta_train(context: TrainingContext, name: str, settings: MetaSettings, mode
     if settings.stop_on == "held-out-rows" and context.check_tasks:
         def criterion() -> float:
             return test_like_loss(module, context, models)
+
+        def per_user() -> list[np.ndarray]:
+            return held_out_losses(module, context, models)
     with context.timer(f"{name} meta-training"):
         history = MetaTrainer(module).fit(context.tensors, context.train_tasks, context.valid_tasks,
                                           seed=int_seed(context.seed, "episodes"), progress=context.progress,
@@ -112,8 +123,8 @@ def meta_train(context: TrainingContext, name: str, settings: MetaSettings, mode
              "epochs": history.epochs}
     if with_selector and criterion is not None and settings.selector_rate_scales:
         with context.timer(f"{name} selector rate choice"):
-            notes["selector_rates"] = choose_selector_rates(module, settings.selector_rate_scales, criterion,
-                                                            history.best_validation)
+            notes["selector_rates"] = choose_selector_rates(module, settings.selector_rate_scales, per_user,
+                                                            settings.selector_rate_min_z)
         context.timer.log(f"{name}: selector rates x{notes['selector_rates']['chosen']:g} "
                           f"(held-out LogLoss {notes['selector_rates']['validation']})")
     if carries_over(settings):
@@ -121,10 +132,12 @@ def meta_train(context: TrainingContext, name: str, settings: MetaSettings, mode
     return module, notes
 
 
-def choose_selector_rates(module: MetaSGDEnsemble, scales: list[float], criterion, learned: float) -> dict:
+def choose_selector_rates(module: MetaSGDEnsemble, scales: list[float], per_user, min_z: float) -> dict:
     """Multiply the selector's Meta-SGD rates by each factor of `scales` and keep the one whose
-    `criterion` (the held-out rows' LogLoss of the test-time setup) is lowest; factor 1 is the
-    rates as learned, scored `learned`. Returns {"chosen": factor, "validation": {factor: LogLoss}}."""
+    held-out LogLoss (`per_user`: each checked user's per-row losses of the test-time setup) is
+    lowest, if its gain over factor 1 (the rates as learned, always a candidate) is at least
+    `min_z` standard errors; else factor 1. Returns {"chosen": factor, "validation": {factor:
+    LogLoss}, "best": the lowest's factor, "gain": its gain, "z": gain / standard error}."""
     learned_rates = {n: a.clone() if isinstance(a, RowStore) else a.detach().clone()
                      for n, a in module.alpha.items() if n.startswith("selector.")}
 
@@ -134,13 +147,34 @@ def choose_selector_rates(module: MetaSGDEnsemble, scales: list[float], criterio
             module.alpha[n].copy_(a)
         module.scale_selector_rates(factor)
 
-    scores = {1.0: learned}
-    for factor in sorted({float(f) for f in scales} - {1.0}):
+    losses = {}
+    for factor in sorted({float(f) for f in scales} | {1.0}):
         use(factor)
-        scores[factor] = criterion()
-    chosen = min(scores, key=lambda f: (scores[f], f))  # ties: the smaller step
+        losses[factor] = per_user()
+    scores = {f: float(np.concatenate(rows).mean()) for f, rows in losses.items()}
+    best = min(scores, key=lambda f: (scores[f], f))  # ties: the smaller step
+    gain, z = paired_gain(losses[1.0], losses[best])
+    chosen = best if best == 1.0 or z >= min_z else 1.0
     use(chosen)
-    return {"chosen": chosen, "validation": {f"{f:g}": round(v, 7) for f, v in sorted(scores.items())}}
+    return {"chosen": chosen, "validation": {f"{f:g}": round(v, 7) for f, v in sorted(scores.items())},
+            "best": best, "gain": round(gain, 7), "z": round(z, 2) if np.isfinite(z) else None}
+
+
+def paired_gain(base: list[np.ndarray], other: list[np.ndarray]) -> tuple[float, float]:
+    """(The mean per-row LogLoss gain of `other` over `base`, that gain over its standard error),
+    with per-user row lists of the same rows: users are the units of the standard error, since one
+    user's rows move together when their weights do. z is 0 without a gain, inf without spread."""
+    per_user = np.array([float((b - o).sum()) for b, o in zip(base, other, strict=True)])
+    sizes = np.array([len(b) for b in base], dtype=np.float64)
+    rows = sizes.sum()
+    if not rows or len(per_user) < 2:
+        return 0.0, 0.0
+    gain = per_user.sum() / rows
+    residual = per_user - sizes * gain
+    spread = np.sqrt(len(per_user) / (len(per_user) - 1) * (residual ** 2).sum()) / rows
+    if gain <= 0:
+        return float(gain), 0.0
+    return float(gain), float(gain / spread) if spread > 0 else float("inf")
 
 
 def _carried_shift(context: TrainingContext, model: str) -> dict:
