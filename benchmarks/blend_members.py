@@ -11,9 +11,10 @@ base models of `metaselector reproduce` for one seed, then
 Test rows are never used to choose; the `validation` columns are the yardstick.
 
     python -m benchmarks.blend_members --preset extended --threads 2 [--seed 0] [CONFIG.toml ...]
+    python -m benchmarks.blend_members --preset extended --threads 2 benchmarks/extended_six_models.toml
 
-With no configuration file the preset's own settings are measured. This is how RatingMF's
-settings were compared (docs/findings.md): its tuned values against other rating_loss weights.
+The preset's own settings are measured first, then each configuration file's. This is how
+RatingMF's place in the set was judged (docs/findings.md).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    for config_file in args.configs or [None]:
+    for config_file in [None, *args.configs]:
         print(json.dumps(measure(config_file, args.preset or None, args.dataset, args.seed)), flush=True)
 
 
