@@ -218,7 +218,7 @@ def test_rating_mf_adds_the_rating_error_to_the_label_loss(ml1m_fixture):
     rating standardised with the training rows' mean and spread, on the dense and the lazy-table
     path alike; a row without a rating adds nothing."""
     from metaselector.models.mf import MF
-    from metaselector.training.pretrain import RatingTarget, _batch_loss, make_optimizer
+    from metaselector.training.pretrain import _batch_loss, make_optimizer, rating_target
 
     tensors = TensorData.from_encoded(ml1m_fixture)
     train_rows = np.arange(0, len(tensors.labels), 2)
@@ -233,9 +233,9 @@ def test_rating_mf_adds_the_rating_error_to_the_label_loss(ml1m_fixture):
         with torch.no_grad():
             model.label_scale.fill_(1.7)
             model.label_shift.fill_(-0.3)
-        target = RatingTarget.of(model, tensors, train_rows, 2.0, "RatingMF")
-        torch.testing.assert_close(target.values.double(), standardised, rtol=1e-5, atol=1e-5)
-        ratings = target.values[rows].double()
+        target = rating_target(model, tensors, train_rows, 2.0, "RatingMF")
+        torch.testing.assert_close(target.double(), standardised, rtol=1e-5, atol=1e-5)
+        ratings = target[rows].double()
         ratings[0] = float("nan")  # an event without a rating
         settings = PretrainSettings(l2_embedding=0.0, rating_loss=2.0, lazy_table_rows=lazy)
         loss, objective, _ = _batch_loss(model, make_optimizer(model, settings), batch, labels.double(), settings,
@@ -256,13 +256,13 @@ def test_rating_mf_learns_the_ratings_and_is_refused_on_data_without_them(ml1m_f
     labels only it is refused with one line naming the model and the setting, unless
     rating_loss = 0 (then it trains on the labels alone)."""
     from metaselector.errors import ConfigError
-    from metaselector.training.pretrain import RatingTarget
+    from metaselector.training.pretrain import rating_target
 
     tensors = TensorData.from_encoded(ml1m_fixture)
     rows = np.arange(len(tensors.labels))
     torch.manual_seed(0)
     model = build_model("RatingMF", ml1m_fixture.layout, ModelSettings(embedding_dim=4))
-    target = RatingTarget.of(model, tensors, rows, 1.0, "RatingMF").values
+    target = rating_target(model, tensors, rows, 1.0, "RatingMF")
 
     def rating_error() -> float:
         with torch.no_grad():

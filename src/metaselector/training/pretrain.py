@@ -57,9 +57,9 @@ class PretrainSettings:
     # rows a batch uses (lazy Adam, row_state.LazyRowAdam); 0 = never. Dense Adam over a 318k x 6 x 10 FFM
     # table spends most of each step on rows the batch never touched.
     lazy_table_rows: int = setting(100_000, NON_NEGATIVE)
-    # The weight of the rating loss for a model that also regresses the raw rating (one that
-    # implements BaseModel.rating_from_logits, e.g. RatingMF): the mean squared error of its
-    # standardised rating prediction, added to the LogLoss. Other models ignore it.
+    # The weight of the rating loss of a model that also regresses the raw rating (one with
+    # BaseModel.predicts_ratings, e.g. RatingMF): the mean squared error of its standardised
+    # rating prediction, added to the LogLoss. Other models ignore it.
     rating_loss: float = setting(1.0, NON_NEGATIVE)
 
 
@@ -147,28 +147,21 @@ def _mean_loss(logits: torch.Tensor, labels: torch.Tensor, global_size: int) -> 
     return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / global_size
 
 
-@dataclass
-class RatingTarget:
-    """What a rating-regressing model's second loss reads: every row's rating standardised with
-    the training rows' mean and spread (NaN where an event has none), and the loss's weight."""
-
-    values: torch.Tensor  # float32 [N]
-    weight: float
-
-    @classmethod
-    def of(cls, model: BaseModel, data: TensorData, train_rows: np.ndarray, weight: float,
-           name: str) -> RatingTarget | None:
-        """The target for `model`, or None for a model trained on the labels alone. A model that
-        regresses ratings on data without any is refused with one line."""
-        if not model.predicts_ratings or not weight:
-            return None
-        rated = data.ratings[torch.as_tensor(train_rows)] if data.ratings is not None else torch.empty(0)
-        rated = rated[torch.isfinite(rated)].double()
-        if len(rated) < 2:
-            raise ConfigError(f"model {name}: [pretrain] rating_loss = {weight} regresses the events' ratings, "
-                              "but the training data has none (0/1 labels only): use MF, or rating_loss = 0")
-        spread = float(rated.std()) or 1.0
-        return cls(((data.ratings.double() - float(rated.mean())) / spread).float(), weight)
+def rating_target(model: BaseModel, data: TensorData, train_rows: np.ndarray, weight: float,
+                  name: str) -> torch.Tensor | None:
+    """What the second loss of a model that regresses ratings reads: every row's rating [N]
+    standardised with the training rows' mean and spread (NaN where an event has none); None for
+    a model trained on the labels alone (or with `weight` 0). A model that regresses ratings on
+    data without any is refused with one line."""
+    if not model.predicts_ratings or not weight:
+        return None
+    rated = data.ratings[torch.as_tensor(train_rows)] if data.ratings is not None else torch.empty(0)
+    rated = rated[torch.isfinite(rated)].double()
+    if len(rated) < 2:
+        raise ConfigError(f"model {name}: [pretrain] rating_loss = {weight} regresses the events' ratings, "
+                          "but the training data has none (0/1 labels only): use MF, or rating_loss = 0")
+    spread = float(rated.std()) or 1.0
+    return ((data.ratings.double() - float(rated.mean())) / spread).float()
 
 
 def _rating_loss(predicted: torch.Tensor, ratings: torch.Tensor, global_size: int) -> torch.Tensor:
@@ -223,10 +216,10 @@ def _batch_loss(model: BaseModel, optimizer, batch: Batch, labels: torch.Tensor,
 
 def train_epoch(model: BaseModel, optimizer: torch.optim.Optimizer, data: TensorData, rows: np.ndarray,
                 settings: PretrainSettings, generator: torch.Generator, device: torch.device | str = "cpu",
-                progress: bool = False, desc: str = "", ratings: RatingTarget | None = None) -> float:
+                progress: bool = False, desc: str = "", ratings: torch.Tensor | None = None) -> float:
     """One pass over `rows` in shuffled mini-batches; returns the running training loss (LogLoss).
     Under torch.distributed every rank draws the same order and takes its share of each batch.
-    `ratings`: the target of a model that regresses ratings too (RatingTarget.of)."""
+    `ratings`: every row's target, for a model that regresses ratings too (`rating_target`)."""
     model.train()
     order = torch.as_tensor(rows)[torch.randperm(len(rows), generator=generator)]
     bar = tqdm(range(0, len(order), settings.batch_size), desc=desc, disable=not progress, leave=False,
@@ -237,7 +230,7 @@ def train_epoch(model: BaseModel, optimizer: torch.optim.Optimizer, data: Tensor
         part = order[start:start + settings.batch_size]
         mine = part[group.rank::group.world]
         batch, labels = data.batch(mine, device)
-        rated = ratings.values[mine].to(device) if ratings is not None else None
+        rated = ratings[mine].to(device) if ratings is not None else None
         with global_rows(len(part), group.rank, group.world):  # dropout masks of the global batch
             loss, objective, finish = _batch_loss(model, optimizer, batch, labels, settings, len(part), rated)
         optimizer.zero_grad(set_to_none=True)
@@ -297,8 +290,8 @@ class _PretrainEpochs:
         self.train_rows, self.valid_rows, self.generator = train_rows, valid_rows, generator
         self.device, self.progress, self.desc = device, progress, desc
         self.valid_labels = data.labels[valid_rows].numpy()
-        self.ratings = RatingTarget.of(model, data, train_rows, settings.rating_loss,
-                                    getattr(model, "model_name", type(model).__name__))
+        self.ratings = rating_target(model, data, train_rows, settings.rating_loss,
+                                     getattr(model, "model_name", type(model).__name__))
 
     def train_epoch(self, epoch: int) -> dict:
         return {"train_loss": train_epoch(self.model, self.optimizer, self.data, self.train_rows, self.settings,
