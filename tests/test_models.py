@@ -278,6 +278,27 @@ def test_rating_mf_learns_the_ratings_and_is_refused_on_data_without_them(ml1m_f
     assert np.isfinite(result.validation_logloss)
 
 
+def test_a_run_refuses_a_rating_model_on_data_without_ratings_before_training(ml1m_fixture):
+    """The check a run makes before pretraining anything: RatingMF on 0/1 labels only is refused
+    with one line, unless its rating_loss is 0; data with ratings, or no such model, pass."""
+    from metaselector.config import RunConfig
+    from metaselector.errors import ConfigError
+    from metaselector.experiment.context import check_rating_models
+
+    tensors = TensorData.from_encoded(ml1m_fixture)
+    unrated = TensorData(tensors.ids, tensors.weights, tensors.labels, tensors.users, tensors.timestamps, None)
+    config = RunConfig.from_dict({"models": ["FM", "RatingMF"], "model_settings": {"RatingMF": {"rating_loss": 3.0}}})
+    with pytest.raises(ConfigError, match=r"^model RatingMF: \[pretrain\] rating_loss = 3.0 .*0/1 labels only"):
+        check_rating_models(config, unrated.ratings)
+    check_rating_models(config, tensors.ratings)
+    check_rating_models(config, torch.full((9,), float("nan")), names=["FM"])  # tune searching FM only
+    with pytest.raises(ConfigError, match="RatingMF"):
+        check_rating_models(config, torch.full((9,), float("nan")))
+    check_rating_models(RunConfig.from_dict({"models": ["FM", "MF"]}), unrated.ratings)
+    off = RunConfig.from_dict({"models": ["RatingMF"], "model_settings": {"RatingMF": {"rating_loss": 0}}})
+    check_rating_models(off, unrated.ratings)
+
+
 def test_rating_loss_is_a_per_model_setting_checked_on_read():
     from metaselector.config import RunConfig
     from metaselector.errors import ConfigError

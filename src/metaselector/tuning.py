@@ -25,7 +25,7 @@ import torch
 from .config import ModelOverrides, RunConfig
 from .data.dataset import EncodedDataset
 from .data.splits import require_usable, split_users
-from .experiment.context import model_settings, pretrain_settings
+from .experiment.context import check_rating_models, model_settings, pretrain_settings
 from .io_utils import atomic_write_text
 from .models import BaseModel, resolve_model
 from .models.base import SearchParam
@@ -146,6 +146,8 @@ def tune(config: RunConfig, data: EncodedDataset, out_dir: Path, trials: int, ti
         if not cls.search_space:
             log(f"{name}: no search space declared; its settings are kept")
             continue
+        if cls.predicts_ratings:  # on data without ratings, refused before its study starts
+            check_rating_models(config, data.ratings, classes, [name])
         start = time.perf_counter()
         study = optuna.create_study(
             study_name=f"tune-{name}", storage=storage, load_if_exists=True, direction="minimize",

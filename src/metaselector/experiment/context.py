@@ -19,7 +19,7 @@ import torch
 from ..config import RunConfig
 from ..data.dataset import EncodedDataset
 from ..data.splits import Split
-from ..models import BaseModel, ModelSettings
+from ..models import BaseModel, ModelSettings, resolve_model
 from ..random_streams import generator, int_seed
 from ..selection.meta_settings import MetaSettings
 from ..selection.selector import Selector, global_mixture_logits, start_from_mixture
@@ -27,7 +27,7 @@ from ..selection.tasks import UserTask, sample_tasks, tasks_for
 from ..selection.user_profile import FEATURES as PROFILE_FEATURES
 from ..selection.user_profile import UserProfile
 from ..training.base_models import BaseModels, holdout_rows, train_base_models
-from ..training.pretrain import PretrainSettings
+from ..training.pretrain import PretrainSettings, no_ratings
 from ..training.tensors import TensorData, predict
 
 
@@ -172,6 +172,20 @@ def _probabilities(models: dict, tensors: TensorData, rows: np.ndarray, device) 
     return np.stack([predict(m, tensors, rows, device=device) for m in models.values()], axis=1)
 
 
+def check_rating_models(config: RunConfig, ratings, classes: dict[str, type[BaseModel]] | None = None,
+                        names: list[str] | None = None) -> None:
+    """Refuse, before any training, a model of `names` (default: the run's) that regresses
+    ratings (RatingMF) on data whose `ratings` (one per event, NaN or None where there are none)
+    hold none: pretraining would otherwise stop there after training the models listed before it."""
+    if ratings is not None and torch.isfinite(torch.as_tensor(ratings)).sum() >= 2:
+        return
+    for name in config.models if names is None else names:
+        cls = (classes or {}).get(name) or resolve_model(name)
+        weight = pretrain_settings(config, name).rating_loss
+        if cls.predicts_ratings and weight:
+            raise no_ratings(name, weight)
+
+
 def prepare_training(config: RunConfig, data: EncodedDataset, split: Split, seed: int, timer: Timer,
                      progress: bool = False, model_classes: dict[str, type[BaseModel]] | None = None,
                      state_dir: Path | None = None, parent=None) -> TrainingContext:
@@ -179,6 +193,7 @@ def prepare_training(config: RunConfig, data: EncodedDataset, split: Split, seed
     continuation.ParentModel): base models and meta-training start from that saved model."""
     device = torch.device(config.device)
     tensors = TensorData.from_encoded(data)
+    check_rating_models(config, tensors.ratings, model_classes)
     newer = parent.unseen_rows(data) if parent is not None else None
     holdout = holdout_rows(split.support, config.pretrain.validation_fraction, seed, among=newer)
     base = train_base_models(list(config.models), data.layout, {m: model_settings(config, m) for m in config.models},

@@ -147,6 +147,12 @@ def _mean_loss(logits: torch.Tensor, labels: torch.Tensor, global_size: int) -> 
     return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / global_size
 
 
+def no_ratings(name: str, weight: float) -> ConfigError:
+    """The one-line refusal of a model that regresses ratings, on data without them."""
+    return ConfigError(f"model {name}: [pretrain] rating_loss = {weight} regresses the events' ratings, but the "
+                       "training data has none (0/1 labels only): use MF, or rating_loss = 0")
+
+
 def rating_target(model: BaseModel, data: TensorData, train_rows: np.ndarray, weight: float,
                   name: str) -> torch.Tensor | None:
     """What the second loss of a model that regresses ratings reads: every row's rating [N]
@@ -158,8 +164,7 @@ def rating_target(model: BaseModel, data: TensorData, train_rows: np.ndarray, we
     rated = data.ratings[torch.as_tensor(train_rows)] if data.ratings is not None else torch.empty(0)
     rated = rated[torch.isfinite(rated)].double()
     if len(rated) < 2:
-        raise ConfigError(f"model {name}: [pretrain] rating_loss = {weight} regresses the events' ratings, "
-                          "but the training data has none (0/1 labels only): use MF, or rating_loss = 0")
+        raise no_ratings(name, weight)
     spread = float(rated.std()) or 1.0
     return ((data.ratings.double() - float(rated.mean())) / spread).float()
 
