@@ -218,7 +218,8 @@ def test_rating_mf_adds_the_rating_error_to_the_label_loss(ml1m_fixture):
     rating standardised with the training rows' mean and spread, on the dense and the lazy-table
     path alike; a row without a rating adds nothing."""
     from metaselector.models.mf import MF
-    from metaselector.training.pretrain import _batch_loss, make_optimizer, rating_target
+    from metaselector.training.objective import rating_target
+    from metaselector.training.pretrain import _batch_loss, make_optimizer
 
     tensors = TensorData.from_encoded(ml1m_fixture)
     train_rows = np.arange(0, len(tensors.labels), 2)
@@ -256,7 +257,7 @@ def test_rating_mf_learns_the_ratings_and_is_refused_on_data_without_them(ml1m_f
     labels only it is refused with one line naming the model and the setting, unless
     rating_loss = 0 (then it trains on the labels alone)."""
     from metaselector.errors import ConfigError
-    from metaselector.training.pretrain import rating_target
+    from metaselector.training.objective import rating_target
 
     tensors = TensorData.from_encoded(ml1m_fixture)
     rows = np.arange(len(tensors.labels))

@@ -27,7 +27,8 @@ from ..selection.tasks import UserTask, sample_tasks, tasks_for
 from ..selection.user_profile import FEATURES as PROFILE_FEATURES
 from ..selection.user_profile import UserProfile
 from ..training.base_models import BaseModels, holdout_rows, train_base_models
-from ..training.pretrain import PretrainSettings, no_ratings
+from ..training.objective import has_ratings, no_ratings
+from ..training.pretrain import PretrainSettings
 from ..training.tensors import TensorData, predict
 
 
@@ -177,7 +178,7 @@ def check_rating_models(config: RunConfig, ratings, classes: dict[str, type[Base
     """Refuse, before any training, a model of `names` (default: the run's) that regresses
     ratings (RatingMF) on data whose `ratings` (one per event, NaN or None where there are none)
     hold none: pretraining would otherwise stop there after training the models listed before it."""
-    if ratings is not None and torch.isfinite(torch.as_tensor(ratings)).sum() >= 2:
+    if has_ratings(ratings):
         return
     for name in config.models if names is None else names:
         cls = (classes or {}).get(name) or resolve_model(name)

@@ -13,18 +13,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm import tqdm
 
 from .. import distributed
-from ..errors import ConfigError
 from ..evaluation.metrics import logloss
-from ..models.base import BaseModel, Batch, gather_rows
+from ..models.base import BaseModel, Batch
 from ..models.layers import global_rows
 from ..settings import AT_LEAST_ONE, FRACTION_OPEN, NON_NEGATIVE, POSITIVE, Options, setting
 from .ftrl import FTRL
 from .loop import fit_with_early_stopping
+from .objective import embedding_penalty, mean_logloss, rating_error, rating_target, table_penalty
 from .row_state import LazyRowAdam
 from .state import StateFile
 from .tensors import TensorData, predict
@@ -119,63 +118,6 @@ def make_optimizer(model: BaseModel, settings: PretrainSettings):
     return torch.optim.Adam(model.parameters(), lr=settings.adam_lr, fused=True)
 
 
-def embedding_penalty(tables: dict[str, torch.Tensor], ids: torch.Tensor, global_size: int | None = None,
-                      skip: tuple[str, ...] = ("linear",)) -> torch.Tensor:
-    """Squared norm of the table rows this batch uses (L2 on embeddings, per sample of the
-    global batch); the tables named in `skip` (first-order weights) are left out."""
-    total = torch.zeros((), device=ids.device)
-    for name, table in tables.items():
-        if name in skip:
-            continue
-        total = total + gather_rows(table, ids).pow(2).sum()
-    return total / (global_size or ids.shape[0])
-
-
-def table_penalty(tables: dict[str, torch.Tensor], global_size: int,
-                  skip: tuple[str, ...] = ("linear",)) -> torch.Tensor:
-    """Squared norm of every row of the tables (weight decay), at the same scale as
-    `embedding_penalty` (divided by the batch size); under torch.distributed each rank adds its
-    share, so that summed over ranks it is counted once."""
-    norms = [table.pow(2).sum() for name, table in tables.items() if name not in skip]
-    return torch.stack(norms).sum() / (global_size * distributed.current().world) if norms else torch.zeros(())
-
-
-def _mean_loss(logits: torch.Tensor, labels: torch.Tensor, global_size: int) -> torch.Tensor:
-    """This process's share of the batch's mean LogLoss (the mean itself in one process)."""
-    if len(labels) == global_size:
-        return F.binary_cross_entropy_with_logits(logits, labels)
-    return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / global_size
-
-
-def no_ratings(name: str, weight: float) -> ConfigError:
-    """The one-line refusal of a model that regresses ratings, on data without them."""
-    return ConfigError(f"model {name}: [pretrain] rating_loss = {weight} regresses the events' ratings, but the "
-                       "training data has none (0/1 labels only): use MF, or rating_loss = 0")
-
-
-def rating_target(model: BaseModel, data: TensorData, train_rows: np.ndarray, weight: float,
-                  name: str) -> torch.Tensor | None:
-    """What the second loss of a model that regresses ratings reads: every row's rating [N]
-    standardised with the training rows' mean and spread (NaN where an event has none); None for
-    a model trained on the labels alone (or with `weight` 0). A model that regresses ratings on
-    data without any is refused with one line."""
-    if not model.predicts_ratings or not weight:
-        return None
-    rated = data.ratings[torch.as_tensor(train_rows)] if data.ratings is not None else torch.empty(0)
-    rated = rated[torch.isfinite(rated)].double()
-    if len(rated) < 2:
-        raise no_ratings(name, weight)
-    spread = float(rated.std()) or 1.0
-    return ((data.ratings.double() - float(rated.mean())) / spread).float()
-
-
-def _rating_loss(predicted: torch.Tensor, ratings: torch.Tensor, global_size: int) -> torch.Tensor:
-    """This process's share of the batch's mean squared rating error (rows without a rating add 0)."""
-    rated = torch.isfinite(ratings)
-    error = torch.where(rated, predicted - ratings.nan_to_num(0.0), 0.0)
-    return error.pow(2).sum() / global_size
-
-
 def _batch_loss(model: BaseModel, optimizer, batch: Batch, labels: torch.Tensor, settings: PretrainSettings,
                 global_size: int, ratings: torch.Tensor | None = None):
     """(loss, objective, finish) of this process's rows of a batch of `global_size` rows: losses
@@ -211,12 +153,12 @@ def _batch_loss(model: BaseModel, optimizer, batch: Batch, labels: torch.Tensor,
             distributed.sum_gradients([*leaves.values(), *dense])
             optimizer.set_row_gradients(used, {n: leaf.grad for n, leaf in leaves.items()})
 
-    rating_error = 0.0
+    rating_term = 0.0
     if ratings is not None:
         logits, predicted = logits
-        rating_error = settings.rating_loss * _rating_loss(predicted, ratings, global_size)
-    loss = _mean_loss(logits, labels, global_size)
-    return loss, loss + settings.l2_embedding * penalty + rating_error, finish
+        rating_term = settings.rating_loss * rating_error(predicted, ratings, global_size)
+    loss = mean_logloss(logits, labels, global_size)
+    return loss, loss + settings.l2_embedding * penalty + rating_term, finish
 
 
 def train_epoch(model: BaseModel, optimizer: torch.optim.Optimizer, data: TensorData, rows: np.ndarray,
